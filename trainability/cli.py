@@ -1,0 +1,187 @@
+"""`trainability run` and `trainability plot`.
+
+The flags of `run` are generated from the fields of `Config` (`--batch-size` is
+`Config.batch_size`), so the CLI, the config file and the Python API agree.
+Every bad flag or value ends the program with one line naming the field and
+what it accepts (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+import typing
+
+import numpy as np
+
+from trainability import results
+from trainability.config import Config, ConfigError
+from trainability.data import DataError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+  """argparse that reports a usage error in one line, not usage + message."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parse_optional_int(text: str):
+  if text.lower() in ("none", "0", "all"):
+    return None
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer or none") from None
+
+
+def _parse_int_tuple(text: str):
+  try:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a comma-separated list of integers"
+    ) from None
+
+
+def _add_config_flags(parser: argparse.ArgumentParser):
+  hints = typing.get_type_hints(Config)
+  for f in dataclasses.fields(Config):
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f"{f.metadata['help']} (default: {f.default})"
+    hint = hints[f.name]
+    if hint is bool:
+      parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                          default=f.default, help=f.metadata["help"])
+      continue
+    if f.name == "subset":
+      kind = _parse_optional_int
+    elif f.name == "channels":
+      kind = _parse_int_tuple
+    elif hint in (int, float):
+      kind = hint
+    else:
+      kind = str
+    parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                        choices=f.metadata.get("choices"), help=help_text,
+                        metavar=None if f.metadata.get("choices") else f.name.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _OneLineParser(
+      prog="trainability",
+      description="Loss of trainability in continual learning: run task streams and plot them.",
+  )
+  commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+  run = commands.add_parser(
+      "run", help="train on a task stream; writes results.csv, config.json and a plot",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  _add_config_flags(run)
+  run.add_argument("--out", default=None,
+                   help="output directory (default: runs/<time>-<dataset>-<stream>); "
+                   "must not already hold results")
+  run.add_argument("--no-progress", action="store_true", help="no progress bar")
+  plot = commands.add_parser("plot", help="redraw the plot of a finished or interrupted run")
+  plot.add_argument("run_dir", help="directory written by `trainability run`")
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    if args.command == "plot":
+      return _plot(args.run_dir)
+    return _run(args)
+  except (ConfigError, DataError) as e:
+    print(f"trainability: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _plot(run_dir: str) -> int:
+  path = os.path.join(run_dir, results.RESULTS_FILE)
+  if not os.path.exists(path):
+    raise ConfigError(f"run_dir: no {results.RESULTS_FILE} in {run_dir}")
+  rows = results.read_rows(path)
+  results.plot_online_accuracy(rows, os.path.join(run_dir, results.PLOT_FILE), run_dir)
+  print(results.summary(rows))
+  return 0
+
+
+def _run(args) -> int:
+  names = {f.name for f in dataclasses.fields(Config)}
+  config = Config(**{k: v for k, v in vars(args).items() if k in names})
+  out = args.out or os.path.join(
+      "runs",
+      f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{config.dataset}-{config.stream}",
+  )
+  results_path = os.path.join(out, results.RESULTS_FILE)
+  if os.path.exists(results_path):
+    raise ConfigError(f"out: {out} already holds {results.RESULTS_FILE}; choose another --out")
+
+  # Imported here so that `--help` and flag errors answer without loading JAX.
+  import jax
+  from tqdm import tqdm
+
+  from trainability import data as data_lib
+  from trainability.train import make_trainer, seed_keys
+
+  dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
+  trainer = make_trainer(config, dataset)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
+    json.dump({
+        "config": config.to_dict(),
+        "train_examples": int(len(dataset.y_train)),
+        "test_examples": int(len(dataset.y_test)),
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "steps_per_task": trainer.steps_per_epoch * config.epochs,
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+    }, f, indent=2)
+
+  seeds = list(range(config.seed, config.seed + config.seeds))
+  init = jax.jit(jax.vmap(trainer.init))
+  run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
+  writer = results.ResultsWriter(results_path)
+  plot_path = os.path.join(out, results.PLOT_FILE)
+  title = (f"{config.dataset}, {config.stream}, {config.model} {config.activation}, "
+           f"{config.optimizer} lr={config.lr:g}, B={config.batch_size}, E={config.epochs}")
+  print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
+        f"{trainer.steps_per_epoch * config.epochs} steps per task; writing to {out}",
+        file=sys.stderr)
+  started = time.time()
+  interrupted = False
+  try:
+    state = init(seed_keys(config))
+    with tqdm(total=config.tasks, unit="task", disable=args.no_progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+      for start in range(0, config.tasks, config.chunk_tasks):
+        task_ids = np.arange(start, min(start + config.chunk_tasks, config.tasks))
+        state, metrics = run_chunk(state, task_ids)
+        writer.write(results.metric_rows(metrics, seeds, task_ids, config.heldout))
+        bar.update(len(task_ids))
+        bar.set_postfix(online_acc=f"{np.mean(np.asarray(metrics.online_accuracy)[:, -1]):.3f}")
+  except KeyboardInterrupt:
+    interrupted = True
+  finally:
+    # Whatever finished is on disk already; draw it even after a crash.
+    results.plot_online_accuracy(writer.rows, plot_path, title)
+  done = len({r["task"] for r in writer.rows})
+  print(results.summary(writer.rows))
+  print(f"{done} of {config.tasks} tasks in {time.time() - started:.1f} s; "
+        f"results: {results_path}; plot: {plot_path}")
+  if interrupted:
+    print(f"trainability: interrupted after {done} finished tasks; they are saved",
+          file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,184 @@
+"""The run configuration: one frozen dataclass, validated on construction.
+
+Every field carries its help text and, where it has a closed set of values, the
+accepted values, so the CLI flags (`cli.py`) and the error messages are derived
+from this one place. A bad value raises `ConfigError` with a one-line message
+that names the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+DATASETS = ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
+STREAMS = ("random_labels", "permuted_inputs", "shuffled_labels", "class_incremental")
+MODELS = ("mlp", "cnn")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus")
+NORMS = ("none", "layernorm", "batchnorm")
+INITS = ("kaiming", "lecun")
+NORMALIZATIONS = ("standardize", "per_feature", "unit", "none")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+RESETS = ("none", "model", "optimizer", "both")
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message is one line naming the field."""
+
+
+def _field(default, help_text, choices=None):
+  return dataclasses.field(
+      default=default, metadata={"help": help_text, "choices": choices}
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run. Defaults are the main command's benchmark.
+
+  The defaults show plain Adam losing trainability on the embedded digits data:
+  random labels on the first 1,000 images, 100 epochs per task (see README).
+  """
+
+  # Data.
+  dataset: str = _field("digits", "data set", DATASETS)
+  data_dir: str | None = _field(
+      None, "directory holding the data files (default: per data set, see README)"
+  )
+  subset: int | None = _field(
+      1000, "train on the first N training images only (0 or none: all)"
+  )
+  normalize: str = _field(
+      "standardize",
+      "input scaling: standardize (global mean/std of the training set), "
+      "per_feature (per-pixel mean/std), unit ([0, 1]), none",
+      NORMALIZATIONS,
+  )
+  heldout: bool = _field(
+      False, "also report held-out accuracy on the test split at each task's end"
+  )
+
+  # Task stream.
+  stream: str = _field("random_labels", "task stream", STREAMS)
+  ns: float = _field(
+      1.0, "random_labels: fraction of training labels redrawn per task, in (0, 1]"
+  )
+  classes_per_task: int = _field(
+      2, "class_incremental: classes added per task"
+  )
+  tasks: int = _field(20, "number of tasks")
+  epochs: int = _field(100, "epochs per task")
+  batch_size: int = _field(50, "minibatch size")
+
+  # Model.
+  model: str = _field("mlp", "model family", MODELS)
+  width: int = _field(256, "hidden units per layer (mlp) / of the dense layer (cnn)")
+  depth: int = _field(2, "number of hidden layers (mlp)")
+  channels: tuple[int, ...] = _field(
+      (16, 32), "cnn: channels of each 3x3 conv layer, comma separated"
+  )
+  activation: str = _field("relu", "hidden activation", ACTIVATIONS)
+  leaky_slope: float = _field(0.01, "leaky_relu: negative slope")
+  norm: str = _field("none", "normalization layer after each hidden layer", NORMS)
+  init: str = _field(
+      "kaiming", "weight init of hidden layers (output layer: lecun)", INITS
+  )
+
+  # Optimizer.
+  optimizer: str = _field("adam", "optimizer", OPTIMIZERS)
+  lr: float = _field(1e-3, "base learning rate")
+  momentum: float = _field(0.9, "sgd: momentum (0 for plain sgd)")
+  b1: float = _field(0.9, "adam/adamw: beta1")
+  b2: float = _field(0.999, "adam/adamw: beta2")
+  eps: float = _field(1e-8, "adam/adamw: epsilon")
+  weight_decay: float = _field(1e-4, "adamw: decoupled weight decay")
+  reset: str = _field(
+      "none", "what to re-initialize at each task boundary", RESETS
+  )
+
+  # Run.
+  seeds: int = _field(2, "number of seeds, run in parallel with vmap")
+  seed: int = _field(0, "first seed; seeds are seed, seed+1, ...")
+  chunk_tasks: int = _field(
+      1, "tasks per compiled chunk; results are written after every chunk"
+  )
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      choices = f.metadata.get("choices")
+      value = getattr(self, f.name)
+      if choices is not None and value not in choices:
+        raise ConfigError(
+            f"{f.name}: {value!r} is not accepted; choose one of {', '.join(choices)}"
+        )
+    _positive_int(self, "tasks", "epochs", "batch_size", "width", "seeds",
+                  "chunk_tasks", "classes_per_task")
+    if not isinstance(self.depth, int) or self.depth < 0:
+      raise ConfigError(f"depth: {self.depth!r} is not accepted; give an integer >= 0")
+    if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 0):
+      raise ConfigError(f"subset: {self.subset!r} is not accepted; give an integer >= 0 or none")
+    if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
+      raise ConfigError(
+          f"channels: {self.channels!r} is not accepted; give positive integers, e.g. 16,32"
+      )
+    _in_range(self, "ns", 0.0, 1.0, low_open=True)
+    _in_range(self, "momentum", 0.0, 1.0, high_open=True)
+    _in_range(self, "b1", 0.0, 1.0, high_open=True)
+    _in_range(self, "b2", 0.0, 1.0, high_open=True)
+    _in_range(self, "leaky_slope", 0.0, 1.0)
+    for name in ("lr", "eps"):
+      _in_range(self, name, 0.0, math.inf, low_open=True)
+    _in_range(self, "weight_decay", 0.0, math.inf)
+    if self.model == "cnn" and self.dataset == "mnist1d":
+      raise ConfigError(
+          "model: 'cnn' needs an image data set; accepted with cnn: "
+          "digits, fashion_mnist, mnist, cifar10"
+      )
+    if self.heldout and self.stream == "random_labels":
+      raise ConfigError(
+          "heldout: random labels have no held-out labels; accepted streams "
+          "with heldout: permuted_inputs, shuffled_labels, class_incremental"
+      )
+
+  def replace(self, **changes) -> "Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "Config":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ConfigError(
+          f"{unknown[0]}: unknown config field; accepted fields: {', '.join(sorted(names))}"
+      )
+    values = dict(values)
+    if "channels" in values:
+      values["channels"] = tuple(values["channels"])
+    return cls(**values)
+
+
+def _positive_int(config, *names):
+  for name in names:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f"{name}: {value!r} is not accepted; give an integer >= 1")
+
+
+def _in_range(config, name, low, high, low_open=False, high_open=False):
+  value = getattr(config, name)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+  if ok:
+    ok = (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high
+    )
+  if not ok:
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ConfigError(f"{name}: {value!r} is not accepted; give a number in {interval}")

@@ -1,0 +1,165 @@
+"""Pure-function models: `init(key) -> (params, state)`, `apply(...) -> (logits, state)`.
+
+`params` is a dict whose top-level keys name the layers, in order:
+MLP: hidden_0 ... hidden_{depth-1}, output; CNN: conv_0 ..., hidden_0, output.
+Each hidden block holds `dense` (or `conv`) and, with a norm layer, `norm`.
+`state` holds BatchNorm running statistics ({} without BatchNorm).
+
+Hidden kernels use Kaiming (He) normal init with the gain of the activation
+(relu, crelu, swish, softplus: 2; leaky_relu: 2 / (1 + slope^2); tanh: 25/9;
+identity: 1; variance = gain / fan_in, untruncated normal as torch's
+kaiming_normal_) or LeCun normal (variance 1 / fan_in). The output layer is
+always LeCun normal; biases start at zero. CReLU concatenates relu(h) and
+relu(-h), so a layer's output width doubles and the next fan-in doubles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+class Model(NamedTuple):
+  """A pure model. `apply(params, state, x, train)` returns (logits, new_state)."""
+
+  init: Callable[[jax.Array], tuple[Params, dict]]
+  apply: Callable[..., tuple[jax.Array, dict]]
+
+
+def activation_fn(name: str, leaky_slope: float = 0.01) -> Callable[[jax.Array], jax.Array]:
+  fns = {
+      "relu": nn.relu,
+      "leaky_relu": lambda h: nn.leaky_relu(h, leaky_slope),
+      "tanh": jnp.tanh,
+      "identity": lambda h: h,
+      "crelu": lambda h: jnp.concatenate([nn.relu(h), nn.relu(-h)], axis=-1),
+      "swish": nn.swish,
+      "softplus": nn.softplus,
+  }
+  if name not in fns:
+    raise ValueError(f"activation: {name!r} is not accepted; choose one of {', '.join(fns)}")
+  return fns[name]
+
+
+def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) -> float:
+  """The factor g in Var(w) = g / fan_in for hidden kernels."""
+  if init == "lecun":
+    return 1.0
+  if init != "kaiming":
+    raise ValueError(f"init: {init!r} is not accepted; choose one of kaiming, lecun")
+  return {
+      "leaky_relu": 2.0 / (1.0 + leaky_slope**2),
+      "tanh": 25.0 / 9.0,
+      "identity": 1.0,
+  }.get(activation, 2.0)
+
+
+def _kernel_init(gain: float):
+  return nn.initializers.variance_scaling(gain, "fan_in", "normal")
+
+
+class _Block(nn.Module):
+  """Dense or 3x3 conv, optional norm, activation."""
+
+  features: int
+  conv: bool
+  activation: str
+  leaky_slope: float
+  norm: str
+  gain: float
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.conv:
+      h = nn.Conv(self.features, (3, 3), padding="SAME",
+                  kernel_init=_kernel_init(self.gain), name="conv")(x)
+    else:
+      h = nn.Dense(self.features, kernel_init=_kernel_init(self.gain), name="dense")(x)
+    if self.norm == "layernorm":
+      axes = (-3, -2, -1) if self.conv else (-1,)
+      h = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, name="norm")(h)
+    elif self.norm == "batchnorm":
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       name="norm")(h)
+    return activation_fn(self.activation, self.leaky_slope)(h)
+
+
+class MLP(nn.Module):
+  widths: Sequence[int]
+  num_classes: int
+  activation: str = "relu"
+  leaky_slope: float = 0.01
+  norm: str = "none"
+  init_scheme: str = "kaiming"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape(x.shape[0], -1)
+    gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
+    for i, width in enumerate(self.widths):
+      x = _Block(width, False, self.activation, self.leaky_slope, self.norm, gain,
+                 name=f"hidden_{i}")(x, train)
+    return nn.Dense(self.num_classes, kernel_init=_kernel_init(1.0), name="output")(x)
+
+
+class CNN(nn.Module):
+  """3x3 conv blocks, each followed by 2x2 max pooling, one dense block, output."""
+
+  channels: Sequence[int]
+  width: int
+  num_classes: int
+  activation: str = "relu"
+  leaky_slope: float = 0.01
+  norm: str = "none"
+  init_scheme: str = "kaiming"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
+    for i, c in enumerate(self.channels):
+      x = _Block(c, True, self.activation, self.leaky_slope, self.norm, gain,
+                 name=f"conv_{i}")(x, train)
+      if x.shape[-3] >= 2 and x.shape[-2] >= 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = _Block(self.width, False, self.activation, self.leaky_slope, self.norm, gain,
+               name="hidden_0")(x, train)
+    return nn.Dense(self.num_classes, kernel_init=_kernel_init(1.0), name="output")(x)
+
+
+def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
+  """Builds the model a `Config` names, for inputs of shape (H, W, C)."""
+  common = dict(num_classes=num_classes, activation=config.activation,
+                leaky_slope=config.leaky_slope, norm=config.norm, init_scheme=config.init)
+  if config.model == "mlp":
+    module = MLP(widths=(config.width,) * config.depth, **common)
+  elif config.model == "cnn":
+    module = CNN(channels=tuple(config.channels), width=config.width, **common)
+  else:
+    raise ValueError(f"model: {config.model!r} is not accepted; choose one of mlp, cnn")
+  return from_module(module, input_shape)
+
+
+def from_module(module: nn.Module, input_shape: Sequence[int]) -> Model:
+  """Wraps a linen module with signature `(x, train)` as a pure Model."""
+  dummy = jnp.zeros((1, *input_shape), jnp.float32)
+
+  def init(key):
+    variables = module.init(key, dummy, train=False)
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    return params, state
+
+  def apply(params, state, x, train: bool = False):
+    variables = {"params": params, **state}
+    if train and state:
+      logits, new_state = module.apply(variables, x, train=True, mutable=list(state))
+      return logits, dict(new_state)
+    return module.apply(variables, x, train=train), state
+
+  return Model(init, apply)

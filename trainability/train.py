@@ -1,0 +1,203 @@
+"""Pure, vmappable continual-learning runs.
+
+`make_train(config)` returns `train(key, hparams=None) -> TaskMetrics` (one row
+per task). Everything inside is `lax.scan`, so
+
+    jax.jit(jax.vmap(make_train(config)))(jax.random.split(key, 32))
+
+runs 32 seeds in one compiled program, and a vmap over `hparams` (for example
+`{"learning_rate": jnp.array([1e-3, 3e-4])}`, broadcast with in_axes) sweeps
+hyperparameters without recompiling.
+
+The same run is available in pieces, for long runs that must report as they go:
+`trainer.init(key, hparams) -> RunState` and
+`trainer.run_tasks(state, task_ids) -> (state, TaskMetrics)`; `train` is exactly
+`run_tasks(init(key, hparams), arange(tasks))`.
+
+Per task t (E epochs of N // B minibatches, reshuffled every epoch):
+* online_accuracy: accuracy on each training minibatch measured before the
+  update, averaged over the task's steps (the paper's headline metric);
+* loss: the minibatch loss, averaged the same way;
+* final_accuracy: accuracy on the task's whole training data at its end;
+* heldout_accuracy: accuracy on the test split under the task's transform at
+  its end (NaN unless `config.heldout`).
+For class_incremental, training, final and held-out accuracies use only the
+examples of the task's active classes; steps past the active examples of an
+epoch are skipped (parameters untouched, not counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trainability import data as data_lib
+from trainability import models, optim, tasks
+from trainability.config import Config, ConfigError
+
+EVAL_CHUNK = 1024  # examples per forward pass when measuring whole-split accuracy.
+
+
+class RunState(NamedTuple):
+  params: Any
+  model_state: Any
+  opt_state: Any
+  init_key: jax.Array
+  stream_key: jax.Array
+  shuffle_key: jax.Array
+
+
+class TaskMetrics(NamedTuple):
+  online_accuracy: jax.Array
+  loss: jax.Array
+  final_accuracy: jax.Array
+  heldout_accuracy: jax.Array
+
+
+class Trainer(NamedTuple):
+  init: Callable[[jax.Array, Mapping[str, jax.Array] | None], RunState]
+  run_tasks: Callable[[RunState, jax.Array], tuple[RunState, TaskMetrics]]
+  train: Callable[..., TaskMetrics]
+  model: models.Model
+  stream: tasks.TaskStream
+  steps_per_epoch: int
+
+
+def make_train(config: Config, dataset: data_lib.Dataset | None = None):
+  """Returns the pure `train(key, hparams=None) -> TaskMetrics` of a config."""
+  return make_trainer(config, dataset).train
+
+
+def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Trainer:
+  """Builds the run's pure functions; loads the config's data set if none given."""
+  if dataset is None:
+    dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
+  n, batch = len(dataset.y_train), config.batch_size
+  if batch > n:
+    raise ConfigError(f"batch_size: {batch} is more than the {n} training examples")
+  steps_per_epoch = n // batch
+  image_shape = dataset.x_train.shape[1:]
+  model = models.make_model(config, image_shape, dataset.num_classes)
+  stream = tasks.make_stream(
+      config.stream, dataset.y_train, dataset.num_classes,
+      image_shape[0] * image_shape[1], config.ns, config.classes_per_task,
+  )
+  x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+  x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+  reset_model = config.reset in ("model", "both")
+  reset_optimizer = config.reset in ("optimizer", "both")
+
+  def init(key, hparams=None) -> RunState:
+    values = optim.default_hparams(config)
+    if hparams is not None:
+      unknown = sorted(set(hparams) - set(values))
+      if unknown:
+        raise ConfigError(
+            f"hparams: {unknown[0]!r} is not a hyperparameter of {config.optimizer}; "
+            f"accepted: {', '.join(values)}"
+        )
+      values.update({k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
+    init_key, stream_key, shuffle_key = jax.random.split(key, 3)
+    params, model_state = model.init(init_key)
+    opt_state = optim.make_optimizer(config.optimizer, values).init(params)
+    return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key)
+
+  def loss_fn(params, model_state, x, y):
+    logits, new_state = model.apply(params, model_state, x, train=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, new_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def task_inputs(x, task):
+    if stream.permutes_inputs:
+      return tasks.apply_pixel_permutation(x, task.pixel_permutation)
+    return x
+
+  def accuracy(params, model_state, x, y, weight, task):
+    """Weighted accuracy over a whole split, in chunks of EVAL_CHUNK examples."""
+    count = y.shape[0]
+    chunks = -(-count // EVAL_CHUNK)
+    size = -(-count // chunks)
+    pad = chunks * size - count
+    idx = jnp.pad(jnp.arange(count), (0, pad)).reshape(chunks, size)
+    w = jnp.pad(weight, (0, pad)).reshape(chunks, size)
+
+    def chunk_hits(args):
+      i, wi = args
+      logits, _ = model.apply(params, model_state, task_inputs(x[i], task), train=False)
+      return jnp.sum(wi * (jnp.argmax(logits, -1) == y[i]))
+
+    hits = jax.lax.map(chunk_hits, (idx, w))
+    return hits.sum() / jnp.maximum(w.sum(), 1.0)
+
+  def run_task(state: RunState, t) -> tuple[RunState, TaskMetrics]:
+    tx = optim.make_optimizer(
+        config.optimizer, optim.hparams_of(config.optimizer, state.opt_state))
+    task = stream.task(state.stream_key, t)
+    params, model_state, opt_state = state.params, state.model_state, state.opt_state
+    if reset_model:
+      fresh_params, fresh_model_state = model.init(jax.random.fold_in(state.init_key, t))
+      params = _select(t > 0, fresh_params, params)
+      model_state = _select(t > 0, fresh_model_state, model_state)
+    if reset_optimizer:
+      opt_state = _select(t > 0, tx.init(params), opt_state)
+
+    example_weight = task.active_classes[y_train].astype(jnp.float32)
+    valid_steps = jnp.sum(example_weight).astype(jnp.int32) // batch
+    task_key = jax.random.fold_in(state.shuffle_key, t)
+
+    def epoch(carry, e):
+      # Active examples first, in a fresh random order every epoch.
+      u = jax.random.uniform(jax.random.fold_in(task_key, e), (n,))
+      order = jnp.argsort(jnp.where(example_weight > 0, u, u + 2.0))
+      order = order[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
+      return jax.lax.scan(step, carry, (order, jnp.arange(steps_per_epoch)))
+
+    def step(carry, inputs):
+      idx, j = inputs
+      params, model_state, opt_state = carry
+      x, y = task_inputs(x_train[idx], task), task.train_labels[idx]
+      (loss, (logits, new_model_state)), grads = grad_fn(params, model_state, x, y)
+      hit_rate = jnp.mean(jnp.argmax(logits, -1) == y)
+      updates, new_opt_state = tx.update(grads, opt_state, params)
+      new = (optax.apply_updates(params, updates), new_model_state, new_opt_state)
+      if stream.masks_examples:
+        valid = j < valid_steps
+        new = _select(valid, new, carry)
+        return new, (valid * loss, valid * hit_rate, valid)
+      return new, (loss, hit_rate, jnp.float32(1.0))
+
+    (params, model_state, opt_state), (losses, hits, counted) = jax.lax.scan(
+        epoch, (params, model_state, opt_state), jnp.arange(config.epochs)
+    )
+    steps = jnp.maximum(counted.sum(), 1.0)
+    final = accuracy(params, model_state, x_train, task.train_labels, example_weight, task)
+    if config.heldout:
+      heldout = accuracy(params, model_state, x_test, task.label_map[y_test],
+                         task.active_classes[y_test].astype(jnp.float32), task)
+    else:
+      heldout = jnp.float32(jnp.nan)
+    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout)
+    return state._replace(params=params, model_state=model_state, opt_state=opt_state), metrics
+
+  def run_tasks(state: RunState, task_ids) -> tuple[RunState, TaskMetrics]:
+    return jax.lax.scan(run_task, state, jnp.asarray(task_ids, jnp.int32))
+
+  def train(key, hparams=None) -> TaskMetrics:
+    return run_tasks(init(key, hparams), jnp.arange(config.tasks))[1]
+
+  return Trainer(init, run_tasks, train, model, stream, steps_per_epoch)
+
+
+def _select(pred, on_true, on_false):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def seed_keys(config: Config) -> jax.Array:
+  """One key per seed: seeds config.seed, config.seed + 1, ..."""
+  return jax.vmap(jax.random.key)(np.arange(config.seed, config.seed + config.seeds))
