@@ -84,11 +84,11 @@ def plot_online_accuracy(rows: Sequence[dict], path: str, title: str = "") -> No
     ax.fill_between(x, values.min(0), values.max(0), alpha=0.25, linewidth=0,
                     label=f"min-max over {values.shape[0]} seeds")
     ax.plot(x, values.mean(0), marker="o", markersize=3, label="mean over seeds")
+    ax.legend(loc="upper right", fontsize=8)
   ax.set_xlabel("task")
   ax.set_ylabel("average online accuracy")
   ax.set_ylim(0.0, 1.02)
   ax.grid(alpha=0.3)
-  ax.legend(loc="upper right", fontsize=8)
   if title:
     ax.set_title(title, fontsize=9)
   fig.tight_layout()

@@ -1,0 +1,112 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trainability import cli, results
+
+TINY = ["--subset", "200", "--tasks", "3", "--epochs", "2", "--batch-size", "20",
+        "--width", "16", "--depth", "1", "--seeds", "2", "--no-progress"]
+
+
+def read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_run_writes_results_config_and_plot(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(["run", *TINY, "--out", str(out)]) == 0
+  rows = read_csv(out / "results.csv")
+  assert len(rows) == 6
+  assert list(rows[0]) == ["seed", "task", "online_accuracy", "loss", "final_accuracy"]
+  assert {(r["seed"], r["task"]) for r in rows} == {(s, t) for s in "01" for t in "012"}
+  assert all(0.0 <= float(r["online_accuracy"]) <= 1.0 for r in rows)
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["config"]["tasks"] == 3 and saved["steps_per_task"] == 20
+  assert (out / "online_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  printed = capsys.readouterr().out
+  assert "3 of 3 tasks" in printed and "average online accuracy" in printed
+
+
+def test_heldout_column_and_chunks(tmp_path):
+  out = tmp_path / "run"
+  args = ["run", *TINY, "--stream", "permuted_inputs", "--heldout", "--chunk-tasks", "2"]
+  assert cli.main(args + ["--out", str(out)]) == 0
+  rows = read_csv(out / "results.csv")
+  assert len(rows) == 6 and all(0.0 <= float(r["heldout_accuracy"]) <= 1.0 for r in rows)
+
+
+def test_interrupted_run_keeps_finished_tasks(tmp_path, monkeypatch, capsys):
+  original = results.ResultsWriter.write
+  calls = []
+
+  def interrupt_after_first_chunk(self, rows):
+    if calls:
+      raise KeyboardInterrupt
+    calls.append(1)
+    original(self, rows)
+
+  monkeypatch.setattr(results.ResultsWriter, "write", interrupt_after_first_chunk)
+  out = tmp_path / "run"
+  assert cli.main(["run", *TINY, "--out", str(out)]) == 130
+  rows = read_csv(out / "results.csv")
+  assert [(r["seed"], r["task"]) for r in rows] == [("0", "0"), ("1", "0")]
+  assert (out / "online_accuracy.png").exists()
+  assert "interrupted after 1 finished tasks" in capsys.readouterr().err
+
+
+def test_plot_command_redraws_a_run(tmp_path, capsys):
+  out = tmp_path / "run"
+  cli.main(["run", *TINY, "--tasks", "2", "--out", str(out)])
+  os.remove(out / "online_accuracy.png")
+  capsys.readouterr()
+  assert cli.main(["plot", str(out)]) == 0
+  assert (out / "online_accuracy.png").exists()
+  assert "last task 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--dataset", "svhn"], ["--dataset", "invalid choice", "digits", "cifar10"]),
+    (["--activation", "gelu"], ["--activation", "relu", "crelu"]),
+    (["--ns", "2"], ["ns: 2.0 is not accepted", "(0, 1]"]),
+    (["--batch-size", "0"], ["batch_size: 0", "integer >= 1"]),
+    (["--lr", "abc"], ["--lr", "invalid float value"]),
+    (["--channels", "a,b"], ["--channels", "comma-separated list of integers"]),
+    (["--heldout"], ["heldout:", "permuted_inputs"]),
+    (["--model", "cnn", "--dataset", "mnist1d"], ["model: 'cnn'", "digits"]),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent"], ["/nonexistent/train-images-idx3-ubyte",
+                                                            "--data-dir"]),
+    (["--subset", "100000"], ["subset: 100000"]),
+    (["--batch-size", "500", "--subset", "100"], ["batch_size: 500 is more than the 100"]),
+])
+def test_bad_input_gives_one_line_naming_the_field(tmp_path, capsys, args, fragments):
+  try:
+    code = cli.main(["run", *args, "--out", str(tmp_path / "x")])
+  except SystemExit as e:
+    code = e.code
+  assert code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1, err
+  for fragment in fragments:
+    assert fragment in err, err
+  assert not (tmp_path / "x" / "results.csv").exists()
+
+
+def test_existing_results_are_never_overwritten(tmp_path, capsys):
+  out = tmp_path / "run"
+  out.mkdir()
+  (out / "results.csv").write_text("seed,task\n")
+  assert cli.main(["run", *TINY, "--out", str(out)]) == 2
+  assert "already holds results.csv" in capsys.readouterr().err
+  assert (out / "results.csv").read_text() == "seed,task\n"
+
+
+def test_console_script_help():
+  done = subprocess.run([sys.executable, "-m", "trainability.cli", "run", "--help"],
+                        capture_output=True, text=True, check=True)
+  for flag in ("--dataset", "--stream", "--ns", "--reset", "--seeds", "--out"):
+    assert flag in done.stdout

@@ -1,0 +1,59 @@
+import dataclasses
+import json
+
+import pytest
+
+from trainability.config import Config, ConfigError
+
+
+def test_defaults_are_valid_and_round_trip_through_json():
+  config = Config()
+  again = Config.from_dict(json.loads(config.to_json()))
+  assert again == config
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Config)
+                                   if f.metadata.get("choices")])
+def test_closed_fields_name_the_field_and_the_accepted_values(field):
+  choices = Config.__dataclass_fields__[field].metadata["choices"]
+  with pytest.raises(ConfigError) as err:
+    Config(**{field: "no-such-value"})
+  message = str(err.value)
+  assert message.startswith(f"{field}:") and "\n" not in message
+  assert all(choice in message for choice in choices)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"tasks": 0}, "tasks"),
+    ({"epochs": -1}, "epochs"),
+    ({"batch_size": 2.5}, "batch_size"),
+    ({"seeds": True}, "seeds"),
+    ({"depth": -1}, "depth"),
+    ({"subset": -5}, "subset"),
+    ({"ns": 0.0}, "ns"),
+    ({"ns": 1.5}, "ns"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"b2": -0.1}, "b2"),
+    ({"weight_decay": -1e-3}, "weight_decay"),
+    ({"channels": ()}, "channels"),
+    ({"channels": (16, 0)}, "channels"),
+    ({"model": "cnn", "dataset": "mnist1d"}, "model"),
+    ({"heldout": True}, "heldout"),
+])
+def test_bad_values_give_one_line_naming_the_field(changes, field):
+  with pytest.raises(ConfigError) as err:
+    Config(**changes)
+  assert str(err.value).startswith(f"{field}:")
+  assert "\n" not in str(err.value)
+
+
+def test_heldout_is_accepted_where_test_labels_exist():
+  for stream in ("permuted_inputs", "shuffled_labels", "class_incremental"):
+    assert Config(stream=stream, heldout=True).heldout
+
+
+def test_from_dict_rejects_unknown_fields():
+  with pytest.raises(ConfigError, match="^learning_rate: unknown config field; accepted fields: "):
+    Config.from_dict({"learning_rate": 0.1})

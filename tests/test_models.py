@@ -1,0 +1,118 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trainability import models
+from trainability.config import ACTIVATIONS, Config
+
+KEY = jax.random.key(0)
+
+
+def build(input_shape=(8, 8, 1), **changes):
+  config = Config(**{"width": 32, "depth": 2, **changes})
+  model = models.make_model(config, input_shape, 10)
+  params, state = model.init(KEY)
+  return model, params, state
+
+
+def test_mlp_layers_are_top_level_keys_with_expected_shapes():
+  model, params, state = build()
+  assert list(params) == ["hidden_0", "hidden_1", "output"]
+  assert params["hidden_0"]["dense"]["kernel"].shape == (64, 32)
+  assert params["hidden_1"]["dense"]["kernel"].shape == (32, 32)
+  assert params["output"]["kernel"].shape == (32, 10)
+  assert state == {}
+  logits, _ = model.apply(params, state, jnp.ones((5, 8, 8, 1)))
+  assert logits.shape == (5, 10)
+
+
+def test_crelu_doubles_the_output_width_and_the_next_fan_in():
+  model, params, _ = build(activation="crelu")
+  assert params["hidden_0"]["dense"]["kernel"].shape == (64, 32)
+  assert params["hidden_1"]["dense"]["kernel"].shape == (64, 32)
+  assert params["output"]["kernel"].shape == (64, 10)
+  h = jnp.array([[-2.0, 0.5, 3.0]])
+  np.testing.assert_array_equal(models.activation_fn("crelu")(h),
+                                [[0.0, 0.5, 3.0, 2.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_runs_and_is_finite(activation):
+  model, params, state = build(activation=activation)
+  logits, _ = model.apply(params, state, jax.random.normal(KEY, (4, 8, 8, 1)))
+  assert logits.shape == (4, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("init, activation, slope, gain", [
+    ("kaiming", "relu", 0.01, 2.0),
+    ("kaiming", "crelu", 0.01, 2.0),
+    ("kaiming", "leaky_relu", 0.3, 2.0 / 1.09),
+    ("kaiming", "tanh", 0.01, 25.0 / 9.0),
+    ("kaiming", "identity", 0.01, 1.0),
+    ("lecun", "relu", 0.01, 1.0),
+])
+def test_init_scales(init, activation, slope, gain):
+  config = Config(width=512, depth=2, init=init, activation=activation, leaky_slope=slope)
+  params, _ = models.make_model(config, (20, 20, 1), 10).init(KEY)
+  fan_in = params["hidden_1"]["dense"]["kernel"].shape[0]
+  std = float(jnp.std(params["hidden_1"]["dense"]["kernel"]))
+  assert abs(std / np.sqrt(gain / fan_in) - 1) < 0.03
+  out_fan_in = params["output"]["kernel"].shape[0]
+  assert abs(float(jnp.std(params["output"]["kernel"])) * np.sqrt(out_fan_in) - 1) < 0.1
+  assert float(jnp.abs(params["hidden_0"]["dense"]["bias"]).max()) == 0.0
+
+
+def test_identity_activation_gives_a_deep_linear_network():
+  model, params, state = build(activation="identity", depth=3)
+  params = jax.tree.map(lambda p: p if p.ndim > 1 else jnp.zeros_like(p), params)
+  x = jax.random.normal(KEY, (3, 8, 8, 1))
+  a, _ = model.apply(params, state, x)
+  b, _ = model.apply(params, state, 2.5 * x)
+  np.testing.assert_allclose(2.5 * a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_layernorm_normalizes_pre_activations():
+  model, params, state = build(norm="layernorm", activation="identity", depth=1)
+  assert set(params["hidden_0"]) == {"dense", "norm"}
+  x = 100.0 * jax.random.normal(KEY, (4, 8, 8, 1))
+  h = x.reshape(4, -1) @ params["hidden_0"]["dense"]["kernel"]
+  assert float(jnp.std(h)) > 10.0
+  # Scale invariance of the normalized block: the logits do not see the input scale.
+  a, _ = model.apply(params, state, x)
+  b, _ = model.apply(params, state, 3.0 * x)
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_uses_batch_statistics_in_training_and_running_ones_in_eval():
+  model, params, state = build(norm="batchnorm")
+  assert "batch_stats" in state and set(params["hidden_0"]) == {"dense", "norm"}
+  x = 5.0 + jax.random.normal(KEY, (16, 8, 8, 1))
+  _, new_state = model.apply(params, state, x, train=True)
+  old_mean = state["batch_stats"]["hidden_0"]["norm"]["mean"]
+  new_mean = new_state["batch_stats"]["hidden_0"]["norm"]["mean"]
+  assert float(jnp.abs(new_mean - old_mean).max()) > 0
+  _, same_state = model.apply(params, new_state, x, train=False)
+  assert same_state is new_state
+  train_logits, _ = model.apply(params, state, x, train=True)
+  eval_logits, _ = model.apply(params, state, x, train=False)
+  assert float(jnp.abs(train_logits - eval_logits).max()) > 1e-3
+
+
+@pytest.mark.parametrize("shape, norm", [((8, 8, 1), "none"), ((32, 32, 3), "batchnorm"),
+                                         ((28, 28, 1), "layernorm")])
+def test_cnn_shapes(shape, norm):
+  model, params, state = build(input_shape=shape, model="cnn", channels=(4, 8), norm=norm)
+  assert list(params) == ["conv_0", "conv_1", "hidden_0", "output"]
+  assert params["conv_1"]["conv"]["kernel"].shape == (3, 3, 4, 8)
+  pooled = (shape[0] // 4) * (shape[1] // 4) * 8
+  assert params["hidden_0"]["dense"]["kernel"].shape == (pooled, 32)
+  logits, _ = model.apply(params, state, jnp.ones((2, *shape)), train=True)
+  assert logits.shape == (2, 10)
+
+
+def test_bad_names_are_refused():
+  with pytest.raises(ValueError, match="^activation: 'gelu' is not accepted"):
+    models.activation_fn("gelu")
+  with pytest.raises(ValueError, match="^init: 'xavier' is not accepted"):
+    models.init_variance_gain("xavier", "relu")

@@ -1,0 +1,155 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from trainability import data
+from trainability.config import ConfigError
+from trainability.train import make_train, make_trainer, seed_keys
+
+
+def run(config, keys=None, hparams=None):
+  keys = seed_keys(config) if keys is None else keys
+  if hparams is None:
+    return jax.jit(jax.vmap(make_train(config)))(keys)
+  return jax.jit(jax.vmap(make_train(config)))(keys, hparams)
+
+
+def as_numpy(metrics):
+  return {k: np.asarray(v) for k, v in metrics._asdict().items()}
+
+
+def test_loss_falls_on_one_task(tiny_config):
+  config = tiny_config.replace(stream="shuffled_labels", tasks=1, epochs=15)
+  trainer = make_trainer(config)
+  ds = data.load(config.dataset, None, config.subset, config.normalize)
+  x = jnp.asarray(ds.x_train)
+
+  def loss(state):
+    labels = trainer.stream.task(state.stream_key, 0).train_labels
+    logits, _ = trainer.model.apply(state.params, state.model_state, x)
+    return float(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
+
+  state = trainer.init(jax.random.key(0))
+  trained, metrics = jax.jit(trainer.run_tasks)(state, jnp.arange(1))
+  assert loss(trained) < 0.3 * loss(state)
+  assert float(metrics.final_accuracy[0]) > 0.9
+  assert 0.3 < float(metrics.online_accuracy[0]) < float(metrics.final_accuracy[0])
+
+
+def test_same_seed_is_identical_and_different_seeds_differ(tiny_config):
+  a, b = as_numpy(run(tiny_config)), as_numpy(run(tiny_config))
+  for name in ("online_accuracy", "loss", "final_accuracy"):
+    np.testing.assert_array_equal(a[name], b[name])
+    assert a[name].shape == (2, 3)
+    assert not np.array_equal(a[name][0], a[name][1])
+  assert np.all(np.isnan(a["heldout_accuracy"]))
+
+
+def test_vmapped_seeds_equal_seeds_run_one_by_one(tiny_config):
+  vmapped = as_numpy(run(tiny_config))
+  train = jax.jit(make_train(tiny_config))
+  for s, key in enumerate(seed_keys(tiny_config)):
+    single = as_numpy(train(key))
+    for name in ("online_accuracy", "loss", "final_accuracy"):
+      np.testing.assert_allclose(vmapped[name][s], single[name], rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_of_tasks_equal_the_whole_run(tiny_config):
+  trainer = make_trainer(tiny_config)
+  key = jax.random.key(3)
+  whole = as_numpy(jax.jit(trainer.train)(key))
+  run_tasks = jax.jit(trainer.run_tasks)
+  state, first = run_tasks(trainer.init(key), np.arange(0, 2))
+  _, second = run_tasks(state, np.arange(2, 3))
+  for name in ("online_accuracy", "loss", "final_accuracy"):
+    joined = np.concatenate([np.asarray(getattr(first, name)), np.asarray(getattr(second, name))])
+    # Two compiled programs may fuse differently: allow float32 rounding only.
+    np.testing.assert_allclose(joined, whole[name], rtol=1e-6, atol=1e-7)
+
+
+def test_hyperparameter_sweep_compiles_once_and_matches_separate_runs(tiny_config):
+  keys = jnp.stack([jax.random.key(0)] * 2)
+  lrs = jnp.array([1e-2, 1e-4], jnp.float32)
+  swept = as_numpy(run(tiny_config, keys, {"learning_rate": lrs}))
+  for i, lr in enumerate([1e-2, 1e-4]):
+    single = as_numpy(jax.jit(make_train(tiny_config.replace(lr=lr)))(keys[i]))
+    np.testing.assert_allclose(swept["loss"][i], single["loss"], rtol=1e-5)
+  assert not np.allclose(swept["loss"][0], swept["loss"][1])
+
+
+def test_unknown_hyperparameter_is_refused(tiny_config):
+  with pytest.raises(ConfigError, match="^hparams: 'momentum' is not a hyperparameter of adam"):
+    make_train(tiny_config)(jax.random.key(0), {"momentum": 0.9})
+
+
+def test_reset_both_makes_a_task_independent_of_the_past(tiny_config):
+  config = tiny_config.replace(reset="both")
+  trainer = make_trainer(config)
+  run_tasks = jax.jit(trainer.run_tasks)
+  fresh = trainer.init(jax.random.key(0))
+  trained, _ = run_tasks(fresh, np.arange(1))
+  _, from_trained = run_tasks(trained, np.arange(1, 2))
+  _, from_fresh = run_tasks(fresh, np.arange(1, 2))
+  np.testing.assert_array_equal(from_trained.online_accuracy, from_fresh.online_accuracy)
+  np.testing.assert_array_equal(from_trained.loss, from_fresh.loss)
+
+
+@pytest.mark.parametrize("reset, equal", [("optimizer", True), ("none", False)])
+def test_reset_optimizer_discards_the_moments(tiny_config, reset, equal):
+  trainer = make_trainer(tiny_config.replace(reset=reset))
+  run_tasks = jax.jit(trainer.run_tasks)
+  trained, _ = run_tasks(trainer.init(jax.random.key(0)), np.arange(1))
+  tx_fresh = trainer.init(jax.random.key(0)).opt_state
+  moments_fresh = trained._replace(opt_state=jax.tree.map(
+      lambda a, b: b, trained.opt_state, tx_fresh))
+  _, a = run_tasks(trained, np.arange(1, 2))
+  _, b = run_tasks(moments_fresh, np.arange(1, 2))
+  assert np.array_equal(np.asarray(a.loss), np.asarray(b.loss)) == equal
+
+
+def test_reset_model_only_keeps_optimizer_state(tiny_config):
+  trainer = make_trainer(tiny_config.replace(reset="model"))
+  state = trainer.init(jax.random.key(0))
+  trained, _ = jax.jit(trainer.run_tasks)(state, np.arange(1))
+  _, a = jax.jit(trainer.run_tasks)(trained, np.arange(1, 2))
+  _, b = jax.jit(trainer.run_tasks)(trained._replace(params=state.params), np.arange(1, 2))
+  np.testing.assert_array_equal(a.loss, b.loss)  # old params are replaced either way
+
+
+def test_class_incremental_trains_on_the_active_classes_only(tiny_config):
+  config = tiny_config.replace(stream="class_incremental", classes_per_task=2, tasks=2,
+                               epochs=25, heldout=True)
+  metrics = as_numpy(run(config))
+  assert np.all(np.isfinite(metrics["heldout_accuracy"]))
+  # Two classes are easy: a high online accuracy on task 1 means inactive examples stayed out.
+  assert metrics["final_accuracy"][:, 0].min() > 0.9
+  assert metrics["online_accuracy"][:, 0].min() > 0.7
+
+
+def test_heldout_accuracy_of_permuted_inputs(tiny_config):
+  config = tiny_config.replace(stream="permuted_inputs", heldout=True, epochs=10, tasks=2)
+  metrics = as_numpy(run(config))
+  assert np.all((metrics["heldout_accuracy"] > 0.5) & (metrics["heldout_accuracy"] <= 1))
+
+
+@pytest.mark.parametrize("changes", [
+    {"optimizer": "sgd", "lr": 0.05},
+    {"optimizer": "adamw"},
+    {"norm": "batchnorm"},
+    {"norm": "layernorm", "activation": "crelu"},
+    {"model": "cnn", "channels": (4,), "width": 16},
+    {"dataset": "mnist1d", "subset": 200},
+])
+def test_variants_train_and_stay_finite(tiny_config, changes):
+  metrics = as_numpy(run(tiny_config.replace(tasks=2, epochs=10, stream="shuffled_labels",
+                                                **changes)))
+  for name in ("online_accuracy", "loss", "final_accuracy"):
+    assert np.all(np.isfinite(metrics[name]))
+  assert metrics["final_accuracy"].mean() > 0.2  # better than chance (0.1)
+
+
+def test_batch_larger_than_the_data_is_refused(tiny_config):
+  with pytest.raises(ConfigError, match="^batch_size: 500 is more than the 200 training examples"):
+    make_train(tiny_config.replace(batch_size=500))
