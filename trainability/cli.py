@@ -108,9 +108,18 @@ def _plot(run_dir: str) -> int:
   if not os.path.exists(path):
     raise ConfigError(f"run_dir: no {results.RESULTS_FILE} in {run_dir}")
   rows = results.read_rows(path)
-  results.plot_online_accuracy(rows, os.path.join(run_dir, results.PLOT_FILE), run_dir)
+  with open(os.path.join(run_dir, results.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  results.plot_online_accuracy(rows, os.path.join(run_dir, results.PLOT_FILE),
+                               _title(Config.from_dict(saved["config"])),
+                               1.0 / saved["num_classes"])
   print(results.summary(rows))
   return 0
+
+
+def _title(config: Config) -> str:
+  return (f"{config.dataset}, {config.stream}, {config.model} {config.activation}, "
+          f"{config.optimizer} lr={config.lr:g}, B={config.batch_size}, E={config.epochs}")
 
 
 def _run(args) -> int:
@@ -139,6 +148,7 @@ def _run(args) -> int:
         "config": config.to_dict(),
         "train_examples": int(len(dataset.y_train)),
         "test_examples": int(len(dataset.y_test)),
+        "num_classes": dataset.num_classes,
         "steps_per_epoch": trainer.steps_per_epoch,
         "steps_per_task": trainer.steps_per_epoch * config.epochs,
         "jax_version": jax.__version__,
@@ -150,8 +160,6 @@ def _run(args) -> int:
   run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
   writer = results.ResultsWriter(results_path)
   plot_path = os.path.join(out, results.PLOT_FILE)
-  title = (f"{config.dataset}, {config.stream}, {config.model} {config.activation}, "
-           f"{config.optimizer} lr={config.lr:g}, B={config.batch_size}, E={config.epochs}")
   print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
         f"{trainer.steps_per_epoch * config.epochs} steps per task; writing to {out}",
         file=sys.stderr)
@@ -171,7 +179,8 @@ def _run(args) -> int:
     interrupted = True
   finally:
     # Whatever finished is on disk already; draw it even after a crash.
-    results.plot_online_accuracy(writer.rows, plot_path, title)
+    results.plot_online_accuracy(writer.rows, plot_path, _title(config),
+                                 1.0 / dataset.num_classes)
   done = len({r["task"] for r in writer.rows})
   print(results.summary(writer.rows))
   print(f"{done} of {config.tasks} tasks in {time.time() - started:.1f} s; "

@@ -70,21 +70,25 @@ def per_task(rows: Iterable[dict], metric: str) -> tuple[np.ndarray, np.ndarray]
   return np.array(done, dtype=int), values.reshape(len(seeds), len(done))
 
 
-def plot_online_accuracy(rows: Sequence[dict], path: str, title: str = "") -> None:
+def plot_online_accuracy(rows: Sequence[dict], path: str, title: str = "",
+                         chance: float | None = None) -> None:
   """Mean over seeds of average online accuracy per task, with min-max spread."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # The Figure API needs no pyplot backend: safe headless and inside notebooks.
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import MaxNLocator
 
   task_ids, values = per_task(rows, "online_accuracy")
-  fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+  fig = Figure(figsize=(6.4, 3.8), dpi=120)
+  ax = fig.subplots()
   if len(task_ids):
     x = task_ids + 1
     ax.fill_between(x, values.min(0), values.max(0), alpha=0.25, linewidth=0,
                     label=f"min-max over {values.shape[0]} seeds")
     ax.plot(x, values.mean(0), marker="o", markersize=3, label="mean over seeds")
+    if chance is not None:
+      ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
     ax.legend(loc="upper right", fontsize=8)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("task")
   ax.set_ylabel("average online accuracy")
   ax.set_ylim(0.0, 1.02)
@@ -93,7 +97,6 @@ def plot_online_accuracy(rows: Sequence[dict], path: str, title: str = "") -> No
     ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
 
 
 def summary(rows: Sequence[dict]) -> str:
