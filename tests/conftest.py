@@ -5,7 +5,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import pytest  # noqa: E402
 
+from trainability import devices  # noqa: E402
 from trainability.config import Config  # noqa: E402
+
+# Two CPU devices, as the CLI sets up on a 2-core machine, so the tests run the
+# seed-sharded path too (CI has 2 cores). Must happen before JAX computes.
+devices.use_cpu_cores(2)
 
 
 @pytest.fixture

@@ -17,11 +17,15 @@ import sys
 import time
 import typing
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
-from trainability import results
+from trainability import data as data_lib
+from trainability import devices, results
 from trainability.config import Config, ConfigError
 from trainability.data import DataError
+from trainability.train import make_trainer, seed_keys
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -133,12 +137,7 @@ def _run(args) -> int:
   if os.path.exists(results_path):
     raise ConfigError(f"out: {out} already holds {results.RESULTS_FILE}; choose another --out")
 
-  # Imported here so that `--help` and flag errors answer without loading JAX.
-  import jax
-  from tqdm import tqdm
-
-  from trainability import data as data_lib
-  from trainability.train import make_trainer, seed_keys
+  devices.use_cpu_cores()  # before JAX's first computation: seeds spread over the cores.
 
   dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
   trainer = make_trainer(config, dataset)
@@ -153,6 +152,7 @@ def _run(args) -> int:
         "steps_per_task": trainer.steps_per_epoch * config.epochs,
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
+        "devices": len(jax.local_devices()),
     }, f, indent=2)
 
   seeds = list(range(config.seed, config.seed + config.seeds))
@@ -166,7 +166,7 @@ def _run(args) -> int:
   started = time.time()
   interrupted = False
   try:
-    state = init(seed_keys(config))
+    state = init(devices.shard_seeds(seed_keys(config)))
     with tqdm(total=config.tasks, unit="task", disable=args.no_progress,
               file=sys.stderr, dynamic_ncols=True) as bar:
       for start in range(0, config.tasks, config.chunk_tasks):

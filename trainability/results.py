@@ -9,16 +9,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from trainability.train import TaskMetrics
-
 RESULTS_FILE = "results.csv"
 CONFIG_FILE = "config.json"
 PLOT_FILE = "online_accuracy.png"
 
 
-def metric_rows(metrics: TaskMetrics, seeds: Sequence[int], task_ids: Sequence[int],
+def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
                 heldout: bool) -> list[dict]:
-  """Rows from metrics of shape (seeds, tasks); heldout columns only when measured."""
+  """Rows from a TaskMetrics of shape (seeds, tasks); heldout column only when measured."""
   values = {name: np.asarray(v) for name, v in metrics._asdict().items()}
   if not heldout:
     values.pop("heldout_accuracy")
