@@ -1,0 +1,62 @@
+"""Smoke test of benchmarks/throughput.py: runs, prints its lines (no timing checks)."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+TINY = ["--quick", "--seeds", "2", "--paper-examples", "256", "--small-subset", "100",
+        "--peak-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def throughput():
+  spec = importlib.util.spec_from_file_location("benchmarks_throughput", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there.
+  try:
+    spec.loader.exec_module(module)
+    yield module
+  finally:
+    sys.modules.pop(spec.name, None)
+
+
+def test_quick_run_prints_throughput_ratios_and_targets(throughput, capsys, monkeypatch):
+  # Targets a 2-seed run always passes / always fails, to check both verdicts print.
+  monkeypatch.setattr(throughput, "TARGETS",
+                      {"paper": {2: 0.0, 8: 0.9}, "small": {2: float("inf")}})
+  assert throughput.main(TINY) == 0
+  out = capsys.readouterr().out
+  lines = out.splitlines()
+  assert lines[0].startswith("device: ") and "jax.devices()" in lines[0]
+  assert any(l.startswith("matmul peak: 64x64 float32") and "GFLOP/s" in l for l in lines)
+  assert "FLOP convention:" in out and "3x forward" in out
+  assert "== paper: paper MLP 784-256-256-10, batch 256" in out
+  assert "inputs are SYNTHETIC: 256 Gaussian 28x28x1 images" in out
+  assert "== small: main command's default model" in out
+  assert "dense layers 784-256-256-10" in out and "dense layers 64-256-256-10" in out
+  rows = [l.split() for l in lines if l.strip()[:1].isdigit()]
+  # (seeds, devices): 1 seed, 2 vmapped seeds on one device, 2 split over the
+  # 2 CPU devices the tests run with; paper model, then small.
+  assert [(r[0], r[1]) for r in rows] == [("1", "1"), ("2", "1"), ("2", "2")] * 2
+  for r in rows:
+    assert len(r) == 10 and r[5].endswith("x") and r[7].endswith("%")
+    assert float(r[4]) > 0  # seed-steps/s
+  assert [r[5] for r in rows if r[0] == "1"] == ["1.00x", "1.00x"]
+  assert "TARGET paper: 2 vmapped seeds on 2 device(s) / sequential" in out
+  assert "(need >= 0.00x): PASS; on 1 device: " in out
+  assert "TARGET paper: 8 vmapped seeds / sequential (need >= 0.90x): SKIP" in out
+  assert "TARGET small: 2 vmapped seeds on 2 device(s) / sequential" in out
+  assert "(need >= infx): FAIL" in out
+  assert lines[-1].startswith("total time: ")
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "a,b"], ["--models", "cnn"],
+                                  ["--repeats", "0"]])
+def test_bad_flags_exit_with_usage_error(throughput, argv, capsys):
+  with pytest.raises(SystemExit) as exc:
+    throughput.parse_args(argv)
+  assert exc.value.code == 2
+  assert "error:" in capsys.readouterr().err
