@@ -99,7 +99,7 @@ class Config:
   )
 
   # Run.
-  seeds: int = _field(2, "number of seeds, run in parallel with vmap")
+  seeds: int = _field(4, "number of seeds, run in parallel with vmap")
   seed: int = _field(0, "first seed; seeds are seed, seed+1, ...")
   chunk_tasks: int = _field(
       1, "tasks per compiled chunk; results are written after every chunk"
