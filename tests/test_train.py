@@ -150,6 +150,11 @@ def test_variants_train_and_stay_finite(tiny_config, changes):
   assert metrics["final_accuracy"].mean() > 0.2  # better than chance (0.1)
 
 
+def test_class_incremental_needs_a_batch_per_task(tiny_config):
+  with pytest.raises(ConfigError, match="^batch_size: 20 is more than the 8 examples a first"):
+    make_train(tiny_config.replace(stream="class_incremental", classes_per_task=1, subset=100))
+
+
 def test_batch_larger_than_the_data_is_refused(tiny_config):
   with pytest.raises(ConfigError, match="^batch_size: 500 is more than the 200 training examples"):
     make_train(tiny_config.replace(batch_size=500))

@@ -12,6 +12,8 @@ from typing import Mapping
 import jax.numpy as jnp
 import optax
 
+from trainability.config import ConfigError
+
 # Optimizer name -> (optax factory, {hyperparameter: Config field}).
 OPTIMIZERS = {
     "adam": (optax.adam, {"learning_rate": "lr", "b1": "b1", "b2": "b2", "eps": "eps"}),
@@ -32,13 +34,13 @@ def make_optimizer(name: str, hparams: Mapping[str, jnp.ndarray]) -> optax.Gradi
   factory, fields = _lookup(name)
   unknown = sorted(set(hparams) - set(fields))
   if unknown:
-    raise ValueError(
+    raise ConfigError(
         f"hparams: {unknown[0]!r} is not a hyperparameter of {name}; "
         f"accepted: {', '.join(fields)}"
     )
   missing = sorted(set(fields) - set(hparams))
   if missing:
-    raise ValueError(f"hparams: {name} needs {', '.join(missing)}")
+    raise ConfigError(f"hparams: {name} needs {', '.join(missing)}")
   return optax.inject_hyperparams(factory)(**hparams)
 
 
@@ -50,5 +52,5 @@ def hparams_of(name: str, opt_state) -> dict[str, jnp.ndarray]:
 
 def _lookup(name):
   if name not in OPTIMIZERS:
-    raise ValueError(f"optimizer: {name!r} is not accepted; choose one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"optimizer: {name!r} is not accepted; choose one of {', '.join(OPTIMIZERS)}")
   return OPTIMIZERS[name]

@@ -80,6 +80,15 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   if batch > n:
     raise ConfigError(f"batch_size: {batch} is more than the {n} training examples")
   steps_per_epoch = n // batch
+  if config.stream == "class_incremental":
+    # The first task may draw the smallest classes; each task needs one batch.
+    counts = np.sort(np.bincount(dataset.y_train, minlength=dataset.num_classes))
+    fewest = int(counts[: config.classes_per_task].sum())
+    if batch > fewest:
+      raise ConfigError(
+          f"batch_size: {batch} is more than the {fewest} examples a first task of "
+          f"{config.classes_per_task} classes may have; lower it or raise classes_per_task"
+      )
   image_shape = dataset.x_train.shape[1:]
   model = models.make_model(config, image_shape, dataset.num_classes)
   stream = tasks.make_stream(
@@ -93,14 +102,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
 
   def init(key, hparams=None) -> RunState:
     values = optim.default_hparams(config)
-    if hparams is not None:
-      unknown = sorted(set(hparams) - set(values))
-      if unknown:
-        raise ConfigError(
-            f"hparams: {unknown[0]!r} is not a hyperparameter of {config.optimizer}; "
-            f"accepted: {', '.join(values)}"
-        )
-      values.update({k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
+    values.update({k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
     init_key, stream_key, shuffle_key = jax.random.split(key, 3)
     params, model_state = model.init(init_key)
     opt_state = optim.make_optimizer(config.optimizer, values).init(params)
