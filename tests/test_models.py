@@ -116,3 +116,21 @@ def test_bad_names_are_refused():
     models.activation_fn("gelu")
   with pytest.raises(ValueError, match="^init: 'xavier' is not accepted"):
     models.init_variance_gain("xavier", "relu")
+
+
+def test_conv3x3_equals_a_same_padded_convolution():
+  x = jax.random.normal(KEY, (2, 7, 6, 3))
+  conv = models.Conv3x3(5)
+  params = conv.init(jax.random.key(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+  expected = jax.lax.conv_general_dilated(
+      x, params["params"]["kernel"], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["params"]["bias"]
+  np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_2x2_equals_flax_max_pool_with_odd_sizes():
+  import flax.linen as nn
+
+  x = jax.random.normal(KEY, (2, 7, 9, 3))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

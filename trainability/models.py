@@ -76,8 +76,7 @@ class _Block(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     if self.conv:
-      h = nn.Conv(self.features, (3, 3), padding="SAME",
-                  kernel_init=_kernel_init(self.gain), name="conv")(x)
+      h = Conv3x3(self.features, kernel_init=_kernel_init(self.gain), name="conv")(x)
     else:
       h = nn.Dense(self.features, kernel_init=_kernel_init(self.gain), name="dense")(x)
     if self.norm == "layernorm":
@@ -87,6 +86,44 @@ class _Block(nn.Module):
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        name="norm")(h)
     return activation_fn(self.activation, self.leaky_slope)(h)
+
+
+class Conv3x3(nn.Module):
+  """3x3 convolution, stride 1, SAME padding, NHWC; params as `nn.Conv`'s.
+
+  Computed as nine shifted slices and one matmul (im2col), with the same
+  result as `lax.conv_general_dilated`. XLA:CPU runs a convolution inside a
+  loop body (our `lax.scan` over steps) over 20x slower than outside it
+  (jax-ml/jax#12868), and vmapping a convolution over seeds turns it into a
+  grouped convolution, slower still; slices and a batched matmul have neither
+  problem.
+  """
+
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (3, 3, cin, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    h, w = x.shape[-3], x.shape[-2]
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)])
+    patches = jnp.concatenate(
+        [padded[..., i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    return patches @ kernel.reshape(9 * cin, self.features) + bias
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling, stride 2, VALID (an odd last row/column is dropped).
+
+  Equal to `nn.max_pool(x, (2, 2), strides=(2, 2))`, written as reshape + max:
+  XLA lowers the gradient of `max_pool` to select-and-scatter, which is about
+  5x slower on a CPU (more under vmap) than the gradient of a plain max.
+  """
+  *lead, h, w, c = x.shape
+  x = x[..., : h // 2 * 2, : w // 2 * 2, :]
+  return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
 
 
 class MLP(nn.Module):
@@ -125,7 +162,7 @@ class CNN(nn.Module):
       x = _Block(c, True, self.activation, self.leaky_slope, self.norm, gain,
                  name=f"conv_{i}")(x, train)
       if x.shape[-3] >= 2 and x.shape[-2] >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = _Block(self.width, False, self.activation, self.leaky_slope, self.norm, gain,
                name="hidden_0")(x, train)
