@@ -126,30 +126,16 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
 
 
-class MLP(nn.Module):
+class Network(nn.Module):
+  """3x3 conv blocks (each followed by 2x2 max pooling), dense blocks, output.
+
+  With no `channels` this is the MLP; the CNN has conv blocks and one dense
+  block. Parameter names: conv_0 ..., hidden_0 ..., output.
+  """
+
   widths: Sequence[int]
   num_classes: int
-  activation: str = "relu"
-  leaky_slope: float = 0.01
-  norm: str = "none"
-  init_scheme: str = "kaiming"
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = x.reshape(x.shape[0], -1)
-    gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
-    for i, width in enumerate(self.widths):
-      x = _Block(width, False, self.activation, self.leaky_slope, self.norm, gain,
-                 name=f"hidden_{i}")(x, train)
-    return nn.Dense(self.num_classes, kernel_init=_kernel_init(1.0), name="output")(x)
-
-
-class CNN(nn.Module):
-  """3x3 conv blocks, each followed by 2x2 max pooling, one dense block, output."""
-
-  channels: Sequence[int]
-  width: int
-  num_classes: int
+  channels: Sequence[int] = ()
   activation: str = "relu"
   leaky_slope: float = 0.01
   norm: str = "none"
@@ -158,14 +144,15 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
+    block = lambda features, conv, name: _Block(
+        features, conv, self.activation, self.leaky_slope, self.norm, gain, name=name)
     for i, c in enumerate(self.channels):
-      x = _Block(c, True, self.activation, self.leaky_slope, self.norm, gain,
-                 name=f"conv_{i}")(x, train)
+      x = block(c, True, f"conv_{i}")(x, train)
       if x.shape[-3] >= 2 and x.shape[-2] >= 2:
         x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
-    x = _Block(self.width, False, self.activation, self.leaky_slope, self.norm, gain,
-               name="hidden_0")(x, train)
+    for i, width in enumerate(self.widths):
+      x = block(width, False, f"hidden_{i}")(x, train)
     return nn.Dense(self.num_classes, kernel_init=_kernel_init(1.0), name="output")(x)
 
 
@@ -174,9 +161,9 @@ def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
   common = dict(num_classes=num_classes, activation=config.activation,
                 leaky_slope=config.leaky_slope, norm=config.norm, init_scheme=config.init)
   if config.model == "mlp":
-    module = MLP(widths=(config.width,) * config.depth, **common)
+    module = Network(widths=(config.width,) * config.depth, **common)
   elif config.model == "cnn":
-    module = CNN(channels=tuple(config.channels), width=config.width, **common)
+    module = Network(widths=(config.width,), channels=tuple(config.channels), **common)
   else:
     raise ValueError(f"model: {config.model!r} is not accepted; choose one of mlp, cnn")
   return from_module(module, input_shape)
