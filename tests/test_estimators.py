@@ -1,0 +1,128 @@
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from trainability import estimators, models
+from trainability.config import Config
+
+KEY = jax.random.key(0)
+
+
+def tiny_problem(batch=12, activation="tanh"):
+  config = Config(width=5, depth=2, activation=activation)
+  model = models.make_model(config, (2, 2, 1), 3)
+  params, state = model.init(KEY)
+  x = jax.random.normal(jax.random.key(1), (batch, 2, 2, 1))
+  y = jax.random.randint(jax.random.key(2), (batch,), 0, 3)
+
+  def example_loss(p, example):
+    xi, yi = example
+    logits, _ = model.apply(p, state, xi[None])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+
+  def loss(p):
+    logits, _ = model.apply(p, state, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  return params, (x, y), example_loss, loss
+
+
+def test_layers_default_to_top_level_keys_and_accept_a_grouping():
+  params, *_ = tiny_problem()
+  layers = estimators.layers_of(params)
+  assert layers.names == ("hidden_0", "hidden_1", "output")
+  assert jax.tree.leaves(layers.index) == [0, 0, 1, 1, 2, 2]  # bias, kernel per layer
+  assert [bool(w) for w in jax.tree.leaves(layers.is_weight)] == [False, True] * 3
+  merged = estimators.layers_of(
+      params, lambda p: {k: jax.tree.map(lambda _: "out" if k == "output" else "body", v)
+                         for k, v in p.items()})
+  assert merged.names == ("body", "out")
+  with pytest.raises(ValueError, match="^group_fn: the labels must be a tree shaped like params"):
+    estimators.layers_of(params, lambda p: {"a": "b"})
+
+
+def test_gradient_noise_and_critical_step_match_a_python_loop():
+  params, batch, example_loss, _ = tiny_problem()
+  layers = estimators.layers_of(params)
+  noise = estimators.gradient_noise(example_loss, params, batch, layers)
+  x, y = batch
+  singles = [jax.grad(example_loss)(params, (x[i], y[i])) for i in range(len(y))]
+  for l, name in enumerate(layers.names):
+    flat = np.stack([np.concatenate([np.ravel(a) for a in jax.tree.leaves(g[name])])
+                     for g in singles])
+    mean = flat.mean(0)
+    sigma2 = np.mean(np.sum((flat - mean) ** 2, axis=1))
+    np.testing.assert_allclose(noise.grad_sq[l], np.sum(mean**2), rtol=1e-4)
+    np.testing.assert_allclose(noise.sigma2[l], sigma2, rtol=1e-4)
+    np.testing.assert_allclose(estimators.critical_step(noise)[l],
+                               len(y) * np.sum(mean**2) / sigma2, rtol=1e-4)
+
+
+def test_critical_step_without_noise_is_unbounded_and_finite():
+  noise = estimators.GradientNoise(jnp.array([0.0, 1.0, 2.0]), jnp.array([0.0, 0.0, 4.0]), 8)
+  step = estimators.critical_step(noise)
+  unbounded = np.float32(estimators.UNBOUNDED)
+  np.testing.assert_array_equal(step, np.array([unbounded, unbounded, 4.0], np.float32))
+  assert bool(jnp.all(jnp.isfinite(step)))
+
+
+def dense_block_eigenvalues(loss, params, name):
+  flat, unravel = jax.flatten_util.ravel_pytree(params[name])
+  block = jax.hessian(lambda f: loss({**params, name: unravel(f)}))(flat)
+  return np.linalg.eigvalsh(np.asarray(block))
+
+
+def test_power_iteration_finds_each_layer_block_top_eigenvalue():
+  params, _, _, loss = tiny_problem()
+  layers = estimators.layers_of(params)
+  start = estimators.random_unit_vectors(jax.random.key(3), params, layers)
+  eigen = jax.jit(lambda s: estimators.power_iteration(loss, params, layers, s, 200))(start)
+  for l, name in enumerate(layers.names):
+    eigs = dense_block_eigenvalues(loss, params, name)
+    top = eigs[np.argmax(np.abs(eigs))]
+    np.testing.assert_allclose(eigen.values[l], top, rtol=2e-3, atol=1e-6)
+
+
+def test_block_hvp_is_the_diagonal_block_product():
+  params, _, _, loss = tiny_problem()
+  layers = estimators.layers_of(params)
+  v = estimators.random_unit_vectors(jax.random.key(4), params, layers)
+  hv = estimators.block_hvp(loss, params, layers, v)
+  for name in layers.names:
+    flat, unravel = jax.flatten_util.ravel_pytree(params[name])
+    block = jax.hessian(lambda f: loss({**params, name: unravel(f)}))(flat)
+    expected = block @ jax.flatten_util.ravel_pytree(v[name])[0]
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(hv[name])[0], expected,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_warm_start_converges_in_fewer_iterations():
+  params, _, _, loss = tiny_problem(activation="relu")
+  layers = estimators.layers_of(params)
+  run = jax.jit(lambda p, s, k: estimators.power_iteration(loss, p, layers, s, k),
+                static_argnums=2)
+  cold_start = estimators.random_unit_vectors(jax.random.key(5), params, layers)
+  previous = run(params, cold_start, 300)
+  # A small training step later, the old eigenvectors are close to the new ones.
+  moved = jax.tree.map(lambda p, g: p - 1e-2 * g, params, jax.grad(loss)(params))
+  exact = run(moved, previous.vectors, 300).values
+  cold = run(moved, cold_start, 3).values
+  warm = run(moved, previous.vectors, 3).values
+  cold_error = np.abs(cold - exact) / np.abs(exact)
+  warm_error = np.abs(warm - exact) / np.abs(exact)
+  assert np.all(warm_error <= cold_error + 1e-7) and warm_error.max() < 1e-2
+
+
+def test_zero_curvature_gives_zero_not_nan():
+  params, _, _, _ = tiny_problem()
+  layers = estimators.layers_of(params)
+  flat_loss = lambda p: jnp.sum(p["output"]["bias"])  # linear: zero Hessian everywhere
+  start = estimators.random_unit_vectors(jax.random.key(6), params, layers)
+  eigen = estimators.power_iteration(flat_loss, params, layers, start, 3,
+                                     key=jax.random.key(7))
+  np.testing.assert_array_equal(eigen.values, [0.0, 0.0, 0.0])
+  for leaf in jax.tree.leaves(eigen.vectors):
+    assert bool(jnp.all(jnp.isfinite(leaf)))

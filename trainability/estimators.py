@@ -1,0 +1,201 @@
+"""Per-layer estimators shared by the scheduler and the diagnostics.
+
+Layers are groups of parameter leaves: by default each top-level key of the
+param tree is one layer (`hidden_0`, `output`, ...), or any grouping a
+`group_fn(params) -> labels` gives (a pytree of strings shaped like params, as
+`optax.multi_transform` takes). Per-layer results are arrays of shape (G,), in
+the order of `Layers.names` (sorted labels).
+
+* `gradient_noise`: the minibatch gradient's squared norm ||g_l||^2 and the
+  per-example variance sigma2_ps_l = (1/B) sum_i ||g_i,l - g_l||^2, from real
+  per-example gradients (`jax.vmap` of `jax.grad` over the batch).
+* `critical_step`: alpha*_g = B ||g||^2 / sigma2_ps (method.md section 3).
+* `power_iteration`: the top eigenvalue of each layer's own diagonal Hessian
+  block, from Hessian-vector products, warm-started from the previous
+  eigenvectors (kept by the caller). One HVP per layer and iteration, all
+  layers vectorized together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# Stands for "no bound" where a bound is infinite (zero noise, dead layer), so
+# that no Inf leaves the estimators; far above any step size.
+UNBOUNDED = 1e30
+_TINY = 1e-30
+
+
+class Layers(NamedTuple):
+  """A grouping of parameter leaves into layers.
+
+  names: the layer names, sorted; `index` holds, for each leaf of the param
+  tree, the position of its layer in `names`; `is_weight` marks leaves with
+  two or more dimensions (kernels), the ones an effective step is read from.
+  """
+
+  names: tuple[str, ...]
+  index: Any
+  is_weight: Any
+
+  @property
+  def count(self) -> int:
+    return len(self.names)
+
+
+def layers_of(params, group_fn: Callable[[Any], Any] | None = None) -> Layers:
+  """Groups the leaves of `params` by top-level key, or by `group_fn`'s labels."""
+  if group_fn is None:
+    if not isinstance(params, dict):
+      raise ValueError(
+          "group_fn: params are not a dict of layers; pass group_fn(params) -> labels"
+      )
+    labels = {k: jax.tree.map(lambda _, k=k: k, v) for k, v in params.items()}
+  else:
+    labels = group_fn(params)
+  label_leaves = jax.tree.leaves(labels)
+  if len(label_leaves) != len(jax.tree.leaves(params)):
+    raise ValueError("group_fn: the labels must be a tree shaped like params, one per leaf")
+  names = tuple(sorted(set(label_leaves)))
+  index = jax.tree.map(names.index, labels)
+  is_weight = jax.tree.map(lambda p: p.ndim >= 2, params)
+  return Layers(names, index, is_weight)
+
+
+def per_layer_sum(layers: Layers, values) -> jax.Array:
+  """Sums a tree of per-leaf scalars into a (G,) array, one entry per layer."""
+  out = jnp.zeros((layers.count,), jnp.float32)
+  for i, v in zip(jax.tree.leaves(layers.index), jax.tree.leaves(values)):
+    out = out.at[i].add(v)
+  return out
+
+
+def per_layer_mean(layers: Layers, values, mask=None) -> jax.Array:
+  """Averages per-leaf scalars over each layer's leaves (where `mask` is True)."""
+  ones = jax.tree.map(lambda _: 1.0, values) if mask is None else jax.tree.map(float, mask)
+  weighted = jax.tree.map(lambda v, w: v * w, values, ones)
+  count = per_layer_sum(layers, ones)
+  return jnp.where(count > 0, per_layer_sum(layers, weighted) / jnp.maximum(count, 1.0), 0.0)
+
+
+class GradientNoise(NamedTuple):
+  """Per layer: ||g||^2 of the minibatch gradient and the per-example variance."""
+
+  grad_sq: jax.Array
+  sigma2: jax.Array
+  batch_size: int
+
+
+def per_example_gradients(example_loss, params, batch):
+  """Gradients of `example_loss(params, example)` for every example of `batch`.
+
+  `batch` is a pytree whose leaves have a leading batch axis; the result is
+  params-shaped with that axis in front. One vmapped computation, no loop.
+  """
+  return jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(params, batch)
+
+
+def gradient_noise(example_loss, params, batch, layers: Layers) -> GradientNoise:
+  """||g_l||^2 and sigma2_ps_l = (1/B) sum_i ||g_i,l - g_l||^2 for each layer l."""
+  grads = per_example_gradients(example_loss, params, batch)
+  batch_size = jax.tree.leaves(batch)[0].shape[0]
+  mean = jax.tree.map(lambda g: g.mean(0), grads)
+  spread = jax.tree.map(lambda g, m: jnp.sum((g - m) ** 2) / batch_size, grads, mean)
+  grad_sq = jax.tree.map(lambda m: jnp.sum(m**2), mean)
+  return GradientNoise(per_layer_sum(layers, grad_sq), per_layer_sum(layers, spread), batch_size)
+
+
+def critical_step(noise: GradientNoise) -> jax.Array:
+  """alpha*_g = B ||g||^2 / sigma2_ps per layer; UNBOUNDED where there is no noise."""
+  return safe_ratio(noise.batch_size * noise.grad_sq, noise.sigma2)
+
+
+def safe_ratio(numerator, denominator):
+  """numerator / denominator, UNBOUNDED where the denominator is not positive."""
+  positive = denominator > _TINY
+  ratio = numerator / jnp.where(positive, denominator, 1.0)
+  return jnp.where(positive, jnp.minimum(ratio, UNBOUNDED), UNBOUNDED)
+
+
+def _block_vectors(layers: Layers, vector):
+  """(G, params) tangents: row l keeps the leaves of layer l, zeros elsewhere."""
+  rows = jnp.arange(layers.count)
+  return jax.tree.map(
+      lambda v, i: jnp.where((rows == i).reshape((-1,) + (1,) * v.ndim), v[None], 0.0),
+      vector, layers.index)
+
+
+def block_hvp(loss, params, layers: Layers, vector):
+  """Each layer's diagonal Hessian block times that layer's part of `vector`.
+
+  Returns a params-shaped tree whose layer-l leaves hold H_ll v_l. Computed as
+  G Hessian-vector products (forward over reverse), vectorized with vmap.
+  """
+  grad = jax.grad(loss)
+  hvp = lambda tangent: jax.jvp(grad, (params,), (tangent,))[1]
+  products = jax.vmap(hvp)(_block_vectors(layers, vector))
+  return jax.tree.map(lambda hv, i: hv[i], products, layers.index)
+
+
+def _per_layer_dot(layers, a, b):
+  return per_layer_sum(layers, jax.tree.map(lambda x, y: jnp.vdot(x, y).real, a, b))
+
+
+def normalize_per_layer(layers: Layers, vector, fallback_key=None):
+  """Scales each layer's part of `vector` to unit norm.
+
+  A layer whose part is zero (a zero HVP: no curvature) gets a fresh random
+  direction from `fallback_key`, or stays zero without one.
+  """
+  norms = jnp.sqrt(_per_layer_dot(layers, vector, vector))
+  if fallback_key is not None:
+    leaves, treedef = jax.tree.flatten(vector)
+    keys = jax.random.split(fallback_key, len(leaves))
+    noise = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
+    noise_norms = jnp.sqrt(_per_layer_dot(layers, noise, noise))
+    vector = jax.tree.map(
+        lambda v, z, i: jnp.where(norms[i] > _TINY, v, z / jnp.maximum(noise_norms[i], _TINY)),
+        vector, noise, layers.index)
+    norms = jnp.where(norms > _TINY, norms, 1.0)
+  scale = jnp.where(norms > _TINY, 1.0 / jnp.maximum(norms, _TINY), 0.0)
+  return jax.tree.map(lambda v, i: v * scale[i], vector, layers.index)
+
+
+def random_unit_vectors(key, params, layers: Layers):
+  """A random direction per layer, unit norm within each layer."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  noise = jax.tree.unflatten(
+      treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
+  return normalize_per_layer(layers, noise)
+
+
+class Eigen(NamedTuple):
+  """Per-layer top eigenvalues (G,) and their unit eigenvectors (params-shaped)."""
+
+  values: jax.Array
+  vectors: Any
+
+
+def power_iteration(loss, params, layers: Layers, start, iterations: int, key=None) -> Eigen:
+  """Top (largest-magnitude) eigenvalue of each layer's diagonal Hessian block.
+
+  `start` is a params-shaped tree of per-layer directions: pass the previous
+  result's `vectors` to warm-start (the eigenvectors move little between
+  checks, so a few iterations suffice). The value is the Rayleigh quotient
+  v^T H_ll v of the final unit vector, so it is exact for an exact eigenvector
+  and never NaN; it is 0 for a layer with no curvature. `key` re-seeds a layer
+  whose HVP vanished.
+  """
+  vector = normalize_per_layer(layers, start)
+
+  def body(_, v):
+    return normalize_per_layer(layers, block_hvp(loss, params, layers, v), key)
+
+  vector = jax.lax.fori_loop(0, iterations, body, vector)
+  values = _per_layer_dot(layers, vector, block_hvp(loss, params, layers, vector))
+  return Eigen(values, vector)
