@@ -1,0 +1,364 @@
+"""The noise-curvature per-layer step-size scheduler (method.md sections 3-4).
+
+`noise_curvature_scheduler(inner, ...)` wraps any optax optimizer and scales
+each layer's updates by a multiplier that it cools when the layer's effective
+step exceeds its threshold and warms early in a task when the step is far
+below it (paper Algorithm 1). It is an `optax.GradientTransformationExtraArgs`:
+
+    tx = noise_curvature_scheduler(optax.adam(1e-3), steps_per_task=2000)
+    state = tx.init(params)
+    grads = jax.grad(mean_loss)(params, batch)
+    updates, state = tx.update(grads, state, params,
+                               example_loss=example_loss, batch=batch,
+                               task_step=task_step)
+
+Extra arguments of `update` (keywords):
+* `example_loss(params, example) -> scalar` and `batch` (a pytree of arrays
+  with a leading batch axis): the per-example loss and the minibatch of this
+  step. Used on check steps only: per-example gradients (vmap) give sigma2_ps
+  and ||g||^2, and Hessian-vector products of the batch's mean loss give each
+  layer's top eigenvalue.
+* `task_step`: steps since the current task began (0 at its first step). It
+  tells the transform about task boundaries: warming is allowed only while
+  task_step < warm_fraction * steps_per_task. Without it (None), nothing warms.
+* `step`: the global step, if the caller has one that is the same for every
+  vmapped seed (a scan counter). Checks run when step % check_every == 0. Under
+  `vmap` over seeds, a check schedule read from the (batched) state would turn
+  `lax.cond` into a select that runs the check on every step; pass `step` from
+  an unbatched loop counter to keep checks on schedule. Without it the
+  transform counts steps itself (fine under jit without vmap).
+
+Every per-layer quantity of the last check is in `state.last` (a `Check`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from trainability import estimators
+from trainability.estimators import UNBOUNDED, safe_ratio
+
+# Arguments that fix shapes or loop lengths; with optax.inject_hyperparams pass
+# static_args=STATIC_ARGS (the float hyperparameters stay injectable).
+STATIC_ARGS = ("check_every", "window", "power_iterations", "steps_per_task", "seed",
+               "variance", "effective_step", "group_fn")
+EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
+VARIANCES = ("windowed", "instantaneous")
+
+
+class Check(NamedTuple):
+  """Per-layer quantities of the last check, each (G,), plus its step."""
+
+  step: jax.Array
+  alpha: jax.Array          # effective step of the layer (after this check's decision)
+  alpha_g: jax.Array        # gradient-noise bound B ||g||^2 / sigma2
+  alpha_vol: jax.Array      # curvature-volatility bound 1 / (kappa * Vol)
+  alpha_tilde: jax.Array    # combined threshold B ||g||^2 / (sigma2 + beta ||g||^2 Vol)
+  lam: jax.Array            # top eigenvalue of the layer's Hessian block
+  lam_bar: jax.Array        # normalized sharpness (lam * alpha_agg for Adam)
+  mu: jax.Array             # window mean of lam_bar
+  vol: jax.Array            # s2 / mu
+  sigma2: jax.Array         # per-example gradient variance
+  grad_sq: jax.Array        # ||g||^2 of the minibatch gradient
+  multiplier: jax.Array     # the layer's learning-rate multiplier
+  crossed: jax.Array        # alpha > alpha_tilde (before the decision), for rho_hat
+  cooled: jax.Array
+  warmed: jax.Array
+
+
+class NoiseCurvatureState(NamedTuple):
+  inner: Any
+  count: jax.Array          # updates so far
+  multiplier: jax.Array     # (G,)
+  eigenvectors: Any         # params-shaped, unit per layer: warm start of power iteration
+  window: jax.Array         # (W, G) ring buffer of lam_bar; check c writes row c % W
+  checks: jax.Array         # checks so far
+  key: jax.Array
+  last: Check
+
+
+def noise_curvature_scheduler(
+    inner: optax.GradientTransformation,
+    *,
+    check_every: int = 40,
+    window: int = 30,
+    safety: float = 0.8,
+    cool: float = 0.99,
+    warm: float = 1.01,
+    beta: float = 1.0,
+    kappa: float = 1.0,
+    warm_fraction: float = 0.3,
+    steps_per_task: int | None = None,
+    floor: float = 0.0,
+    power_iterations: int = 3,
+    variance: str = "windowed",
+    effective_step: str = "auto",
+    learning_rate: float | None = None,
+    momentum: float | None = None,
+    group_fn: Callable[[Any], Any] | None = None,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  """Per-layer learning-rate multipliers kept below the noise-curvature threshold.
+
+  Args:
+    inner: the optimizer whose updates are scaled (adam, sgd, any optax chain).
+    check_every: K, steps between checks (paper 40); checks only then.
+    window: W, observations of normalized sharpness in the window (paper 30).
+    safety: gamma; a layer cools when alpha > gamma * alpha_tilde (paper 0.8).
+    cool, warm: multiplicative factors (paper 0.99, 1.01).
+    beta: weight of the volatility term in the combined threshold (paper
+      [0, 1]; the reference code's variants use 10 or 20).
+    kappa: alpha_vol = 1 / (kappa * Vol).
+    warm_fraction: warming is allowed in the first warm_fraction of a task
+      (paper 0.3; reference code 0.1), when alpha < 0.3 * gamma * alpha_tilde.
+    steps_per_task: T_task, for the warm window (None: never warm).
+    floor: cool only layers with alpha > floor (default 0: off; the reference
+      code's hard floor is 0.12, which can stop the controller from firing).
+    power_iterations: HVP iterations per check and layer, warm-started from
+      the previous check's eigenvectors.
+    variance: "windowed" (paper: variance of the window) or "instantaneous"
+      (reference code: (lam_bar - mu)^2 of the newest value).
+    effective_step: how a layer's step is measured, weights only:
+      "adam" (reference: eta / ((1 - b1^t) (sqrt(mean v / (1 - b2^t)) + eps))
+      per kernel, averaged over the layer's kernels); "adam_elementwise"
+      (paper: the mean of the elementwise multiplier); "sgd"
+      (eta (1 - m^t) / (1 - m)); "generic" (-<u, g> / ||g||^2, the step along
+      the gradient that the final update u makes, for any optimizer); "auto":
+      adam if the inner state holds Adam moments, else generic.
+    learning_rate, momentum: the inner optimizer's base learning rate (and sgd
+      momentum) for the adam/sgd effective steps; read from an
+      `optax.inject_hyperparams` state when there is one, which takes
+      precedence.
+    group_fn: params -> a tree of layer labels; default: top-level keys.
+    seed: seeds the power iteration's first directions.
+  """
+  if variance not in VARIANCES:
+    raise ValueError(f"variance: {variance!r} is not accepted; choose one of {', '.join(VARIANCES)}")
+  if effective_step not in EFFECTIVE_STEPS:
+    raise ValueError(
+        f"effective_step: {effective_step!r} is not accepted; choose one of "
+        f"{', '.join(EFFECTIVE_STEPS)}")
+  for name, value in (("check_every", check_every), ("window", window),
+                      ("power_iterations", power_iterations)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name}: {value!r} is not accepted; give an integer >= 1")
+
+  def init(params) -> NoiseCurvatureState:
+    layers = estimators.layers_of(params, group_fn)
+    g = layers.count
+    zeros = jnp.zeros((g,), jnp.float32)
+    key = jax.random.key(seed)
+    last = Check(jnp.zeros((), jnp.int32), *([zeros] * 11), *([jnp.zeros((g,), bool)] * 3))
+    return NoiseCurvatureState(
+        inner=inner.init(params),
+        count=jnp.zeros((), jnp.int32),
+        multiplier=jnp.ones((g,), jnp.float32),
+        eigenvectors=estimators.random_unit_vectors(key, params, layers),
+        window=jnp.zeros((window, g), jnp.float32),
+        checks=jnp.zeros((), jnp.int32),
+        key=key,
+        last=last,
+    )
+
+  def update(updates, state, params=None, *, example_loss=None, batch=None,
+             task_step=None, step=None, **extra):
+    del extra  # arguments for other transforms of a chain
+    if params is None:
+      raise ValueError("params: noise_curvature_scheduler needs params in update()")
+    layers = estimators.layers_of(params, group_fn)
+    grads = updates
+    inner_updates, inner_state = inner.update(grads, state.inner, params)
+    count = state.count + 1
+    scaled = _scale(layers, inner_updates, state.multiplier)
+    state = state._replace(inner=inner_state, count=count)
+    if example_loss is None or batch is None:
+      raise ValueError("example_loss, batch: noise_curvature_scheduler needs both in update()")
+    at = count if step is None else jnp.asarray(step) + 1
+    due = (at % check_every) == 0
+
+    def run_check(state):
+      return _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at)
+
+    state = jax.lax.cond(due, run_check, lambda s: s, state)
+    return scaled, state
+
+  def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at):
+    key, power_key = jax.random.split(state.key)
+    noise = estimators.gradient_noise(example_loss, params, batch, layers)
+    mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
+    eigen = estimators.power_iteration(mean_loss, params, layers, state.eigenvectors,
+                                       power_iterations, key=power_key)
+    alpha, alpha_agg = _effective_step(layers, state, grads, scaled)
+    lam = eigen.values
+    lam_bar = jnp.maximum(lam * alpha_agg, 0.0)  # negative curvature adds no instability
+    newest = state.checks % window
+    window_values = state.window.at[newest].set(lam_bar)
+    filled = jnp.minimum(state.checks + 1, window)
+    stats = window_statistics(window_values, filled, newest, variance)
+    thresholds = combined_threshold(noise, stats.vol, beta, kappa)
+    in_warm_window = (
+        jnp.bool_(False) if task_step is None or steps_per_task is None
+        else jnp.asarray(task_step) < warm_fraction * steps_per_task)
+    decision = decide(alpha, thresholds.alpha_tilde, safety, floor, in_warm_window,
+                      ready=filled >= 2)
+    factor = jnp.where(decision.cool, cool, jnp.where(decision.warm, warm, 1.0))
+    multiplier = state.multiplier * factor
+    last = Check(
+        step=jnp.asarray(at, jnp.int32), alpha=alpha * factor, alpha_g=thresholds.alpha_g,
+        alpha_vol=thresholds.alpha_vol, alpha_tilde=thresholds.alpha_tilde, lam=lam,
+        lam_bar=lam_bar, mu=stats.mu, vol=stats.vol, sigma2=noise.sigma2,
+        grad_sq=noise.grad_sq, multiplier=multiplier, crossed=alpha > thresholds.alpha_tilde,
+        cooled=decision.cool, warmed=decision.warm)
+    return state._replace(multiplier=multiplier, eigenvectors=eigen.vectors,
+                          window=window_values, checks=state.checks + 1, key=key, last=last)
+
+  def _effective_step(layers, state, grads, scaled):
+    """(alpha (G,), alpha_agg (G,)): the step, and the sharpness normaliser."""
+    kind = effective_step
+    adam = _find(state.inner, optax.ScaleByAdamState)
+    if kind == "auto":
+      kind = "adam" if adam is not None else "generic"
+    hyper = _find(state.inner, _INJECTED_STATES)
+    hparams = {} if hyper is None else hyper.hyperparams
+    eta = hparams.get("learning_rate", learning_rate)
+    if kind in ("adam", "adam_elementwise", "sgd") and eta is None:
+      raise ValueError(
+          f"learning_rate: effective_step {kind!r} needs the inner optimizer's learning "
+          "rate; pass learning_rate= or wrap the optimizer in optax.inject_hyperparams")
+    if kind in ("adam", "adam_elementwise"):
+      if adam is None:
+        raise ValueError(f"effective_step: {kind!r} needs an Adam-like inner optimizer")
+      b1, b2 = hparams.get("b1", 0.9), hparams.get("b2", 0.999)
+      eps = hparams.get("eps", 1e-8)
+      return adam_effective_step(layers, adam.nu, adam.count, eta * state.multiplier,
+                                 b1, b2, eps, elementwise=kind == "adam_elementwise")
+    if kind == "sgd":
+      m = hparams.get("momentum", momentum)
+      m = 0.0 if m is None else m
+      t = state.count.astype(jnp.float32)
+      step = eta * state.multiplier * jnp.where(m > 0, (1 - m**t) / (1 - m + 1e-12), 1.0)
+      return step, jnp.ones_like(step)
+    step = generic_effective_step(layers, grads, scaled)
+    return step, jnp.ones_like(step)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _scale(layers, updates, multiplier):
+  return jax.tree.map(lambda u, i: u * multiplier[i].astype(u.dtype), updates, layers.index)
+
+
+# optax has two unrelated classes for the state of inject_hyperparams.
+_INJECTED_STATES = tuple(
+    getattr(optax, name) for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+    if hasattr(optax, name))
+
+
+def _find(tree, kind):
+  """The first node of type `kind` in an optimizer state, or None."""
+  found = [n for n in jax.tree.leaves(tree, is_leaf=lambda n: isinstance(n, kind))
+           if isinstance(n, kind)]
+  return found[0] if found else None
+
+
+def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False):
+  """Adam's per-layer effective step over the layer's kernels, and alpha_agg.
+
+  eta: (G,) the layer's learning rate (base rate times multiplier).
+  Reference form: per kernel eta / ((1 - b1^t) (sqrt(mean(nu) / (1 - b2^t)) + eps)),
+  averaged over the layer's kernels; elementwise (paper's wording): the mean
+  over the kernel's elements of eta / ((1 - b1^t) (sqrt(nu_i / (1 - b2^t)) + eps)).
+  alpha_agg = eta / (sqrt(mean v_hat) + eps), the normaliser of the sharpness.
+  Before the first update (t = 0) the step is defined as 0.
+  """
+  t = jnp.asarray(count, jnp.float32)
+  started = t > 0
+  bc1 = jnp.where(started, 1 - b1**t, 1.0)
+  bc2 = jnp.where(started, 1 - b2**t, 1.0)
+  if elementwise:
+    per_leaf = jax.tree.map(lambda v: jnp.mean(1.0 / (jnp.sqrt(v / bc2) + eps)), nu)
+  else:
+    per_leaf = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(jnp.mean(v) / bc2) + eps), nu)
+  agg_leaf = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(jnp.mean(v) / bc2) + eps), nu)
+  inverse_scale = estimators.per_layer_mean(layers, per_leaf, layers.is_weight)
+  agg = estimators.per_layer_mean(layers, agg_leaf, layers.is_weight)
+  alpha = jnp.where(started, eta * inverse_scale / bc1, 0.0)
+  return alpha, jnp.where(started, eta * agg, 0.0)
+
+
+def generic_effective_step(layers, grads, updates):
+  """-<u_l, g_l> / ||g_l||^2 over each layer's kernels; 0 where g_l = 0."""
+  weights = layers.is_weight
+  dot = jax.tree.map(lambda u, g, w: jnp.where(w, -jnp.vdot(u, g), 0.0), updates, grads, weights)
+  norm = jax.tree.map(lambda g, w: jnp.where(w, jnp.vdot(g, g), 0.0), grads, weights)
+  dot, norm = estimators.per_layer_sum(layers, dot), estimators.per_layer_sum(layers, norm)
+  return jnp.where(norm > 0, dot / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+class WindowStatistics(NamedTuple):
+  mu: jax.Array
+  s2: jax.Array
+  vol: jax.Array
+
+
+def window_statistics(values, filled, newest, variance="windowed") -> WindowStatistics:
+  """mu, s2 and Vol = s2 / mu of the first `filled` rows of a (W, G) window.
+
+  `newest` is the row just written. "windowed": s2 is the window's
+  (population) variance; "instantaneous": s2 = (newest value - mu)^2. Vol is 0
+  where mu is 0 (no curvature, no volatility) and while fewer than 2 values exist.
+  """
+  w = values.shape[0]
+  present = (jnp.arange(w) < filled)[:, None]
+  n = jnp.maximum(filled, 1).astype(jnp.float32)
+  mu = jnp.sum(jnp.where(present, values, 0.0), 0) / n
+  if variance == "windowed":
+    s2 = jnp.sum(jnp.where(present, (values - mu) ** 2, 0.0), 0) / n
+  else:
+    s2 = (values[newest] - mu) ** 2
+  s2 = jnp.where(filled >= 2, s2, 0.0)
+  vol = jnp.where(mu > 1e-12, s2 / jnp.where(mu > 1e-12, mu, 1.0), 0.0)
+  return WindowStatistics(mu, s2, vol)
+
+
+class Thresholds(NamedTuple):
+  alpha_g: jax.Array
+  alpha_vol: jax.Array
+  alpha_tilde: jax.Array
+
+
+def combined_threshold(noise: estimators.GradientNoise, vol, beta, kappa=1.0) -> Thresholds:
+  """alpha*_g, alpha*_vol and alpha~* = B ||g||^2 / (sigma2 + beta ||g||^2 Vol)."""
+  alpha_g = estimators.critical_step(noise)
+  alpha_vol = safe_ratio(jnp.ones_like(vol), kappa * vol)
+  s2_tilde = noise.sigma2 + beta * noise.grad_sq * vol
+  alpha_tilde = safe_ratio(noise.batch_size * noise.grad_sq, s2_tilde)
+  return Thresholds(alpha_g, alpha_vol, alpha_tilde)
+
+
+class Decision(NamedTuple):
+  cool: jax.Array
+  warm: jax.Array
+
+
+def decide(alpha, alpha_tilde, safety, floor, in_warm_window, ready=True) -> Decision:
+  """Algorithm 1's rule per layer.
+
+  cool if alpha > safety * alpha_tilde and alpha > floor; else warm if in the
+  task's warm window and alpha < 0.3 * safety * alpha_tilde. Nothing fires
+  until `ready` (the window holds at least two values).
+  """
+  cool = ready & (alpha > safety * alpha_tilde) & (alpha > floor)
+  warm = ready & ~cool & in_warm_window & (alpha < 0.3 * safety * alpha_tilde)
+  return Decision(cool, warm)
+
+
+__all__ = [
+    "STATIC_ARGS", "Check", "NoiseCurvatureState", "noise_curvature_scheduler", "adam_effective_step",
+    "generic_effective_step", "window_statistics", "combined_threshold", "decide",
+    "UNBOUNDED",
+]
