@@ -59,6 +59,25 @@ def test_interrupted_run_keeps_finished_tasks(tmp_path, monkeypatch, capsys):
   assert "interrupted after 1 finished tasks" in capsys.readouterr().err
 
 
+def test_scheduler_run_writes_checks_rho_hat_and_its_plot(tmp_path):
+  out = tmp_path / "run"
+  args = ["run", *TINY, "--tasks", "2", "--scheduler", "noise_curvature", "--check-every", "5",
+          "--beta", "10", "--variance", "instantaneous"]
+  assert cli.main(args + ["--out", str(out)]) == 0
+  rows = read_csv(out / "results.csv")
+  assert all(0.0 <= float(r["rho_hat"]) <= 1.0 for r in rows)
+  checks = read_csv(out / "checks.csv")
+  # 2 seeds x 2 tasks x 4 checks (20 steps per task) x 2 layers
+  assert len(checks) == 32 and {r["layer"] for r in checks} == {"hidden_0", "output"}
+  assert [int(r["step"]) for r in checks[:8:2]] == [5, 10, 15, 20]
+  for key in ("alpha", "alpha_g", "alpha_vol", "alpha_tilde", "lam", "lam_bar", "mu", "vol",
+              "sigma2", "grad_sq", "multiplier", "crossed"):
+    assert key in checks[0]
+  assert (out / "scheduler.png").read_bytes()[:4] == b"\x89PNG"
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["config"]["beta"] == 10.0 and saved["config"]["variance"] == "instantaneous"
+
+
 def test_plot_command_redraws_a_run(tmp_path, capsys):
   out = tmp_path / "run"
   cli.main(["run", *TINY, "--tasks", "2", "--out", str(out)])
@@ -81,6 +100,9 @@ def test_plot_command_redraws_a_run(tmp_path, capsys):
     (["--dataset", "mnist", "--data-dir", "/nonexistent"], ["/nonexistent/train-images-idx3-ubyte",
                                                             "--data-dir"]),
     (["--subset", "100000"], ["subset: 100000"]),
+    (["--scheduler", "lyapunov"], ["--scheduler", "noise_curvature"]),
+    (["--cool", "1.5"], ["cool: 1.5 is not accepted", "(0, 1]"]),
+    (["--variance", "ema"], ["--variance", "windowed", "instantaneous"]),
     (["--batch-size", "500", "--subset", "100"], ["batch_size: 500 is more than the 100"]),
 ])
 def test_bad_input_gives_one_line_naming_the_field(tmp_path, capsys, args, fragments):

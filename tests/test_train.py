@@ -158,3 +158,25 @@ def test_class_incremental_needs_a_batch_per_task(tiny_config):
 def test_batch_larger_than_the_data_is_refused(tiny_config):
   with pytest.raises(ConfigError, match="^batch_size: 500 is more than the 200 training examples"):
     make_train(tiny_config.replace(batch_size=500))
+
+
+def test_scheduler_runs_in_the_vmapped_loop_and_reports_its_checks(tiny_config):
+  config = tiny_config.replace(scheduler="noise_curvature", check_every=5, epochs=5)
+  metrics = run(config)  # 10 steps per epoch -> 50 steps per task -> 10 checks
+  checks = metrics.checks
+  assert checks.alpha.shape == (2, 3, 10, 2)  # seeds, tasks, checks, layers
+  np.testing.assert_array_equal(checks.step[0, 0], np.arange(5, 55, 5))
+  for leaf in jax.tree.leaves(checks):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+  assert float(jnp.min(checks.sigma2)) > 0 and float(jnp.max(checks.lam)) > 0
+
+
+def test_a_scheduler_that_never_fires_leaves_training_unchanged(tiny_config):
+  plain = as_numpy(run(tiny_config))
+  config = tiny_config.replace(scheduler="noise_curvature", check_every=4, safety=1e30,
+                               warm_fraction=0.0)
+  scheduled = run(config)
+  np.testing.assert_array_equal(np.asarray(scheduled.checks.multiplier), 1.0)
+  for name in ("online_accuracy", "loss", "final_accuracy"):
+    np.testing.assert_allclose(np.asarray(getattr(scheduled, name)), plain[name],
+                               rtol=1e-5, atol=1e-6)

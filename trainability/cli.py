@@ -114,16 +114,24 @@ def _plot(run_dir: str) -> int:
   rows = results.read_rows(path)
   with open(os.path.join(run_dir, results.CONFIG_FILE)) as f:
     saved = json.load(f)
+  config = Config.from_dict(saved["config"])
   results.plot_online_accuracy(rows, os.path.join(run_dir, results.PLOT_FILE),
-                               _title(Config.from_dict(saved["config"])),
-                               1.0 / saved["num_classes"])
+                               _title(config), 1.0 / saved["num_classes"])
+  checks_path = os.path.join(run_dir, results.CHECKS_FILE)
+  if os.path.exists(checks_path):
+    results.plot_scheduler(results.read_rows(checks_path),
+                           os.path.join(run_dir, results.SCHEDULER_PLOT_FILE),
+                           config.lr, _title(config))
   print(results.summary(rows))
   return 0
 
 
 def _title(config: Config) -> str:
-  return (f"{config.dataset}, {config.stream}, {config.model} {config.activation}, "
-          f"{config.optimizer} lr={config.lr:g}, B={config.batch_size}, E={config.epochs}")
+  title = (f"{config.dataset}, {config.stream}, {config.model} {config.activation}, "
+           f"{config.optimizer} lr={config.lr:g}, B={config.batch_size}, E={config.epochs}")
+  if config.scheduler != "none":
+    title += f", {config.scheduler} (K={config.check_every}, beta={config.beta:g})"
+  return title
 
 
 def _run(args) -> int:
@@ -159,6 +167,7 @@ def _run(args) -> int:
   init = jax.jit(jax.vmap(trainer.init))
   run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
   writer = results.ResultsWriter(results_path)
+  checks_writer = results.ResultsWriter(os.path.join(out, results.CHECKS_FILE))
   plot_path = os.path.join(out, results.PLOT_FILE)
   print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
         f"{trainer.steps_per_epoch * config.epochs} steps per task; writing to {out}",
@@ -172,6 +181,9 @@ def _run(args) -> int:
       for start in range(0, config.tasks, config.chunk_tasks):
         task_ids = np.arange(start, min(start + config.chunk_tasks, config.tasks))
         state, metrics = run_chunk(state, task_ids)
+        if metrics.checks is not None:
+          checks_writer.write(
+              results.check_rows(metrics.checks, seeds, task_ids, trainer.layer_names))
         writer.write(results.metric_rows(metrics, seeds, task_ids, config.heldout))
         bar.update(len(task_ids))
         bar.set_postfix(online_acc=f"{np.mean(np.asarray(metrics.online_accuracy)[:, -1]):.3f}")
@@ -181,6 +193,9 @@ def _run(args) -> int:
     # Whatever finished is on disk already; draw it even after a crash.
     results.plot_online_accuracy(writer.rows, plot_path, _title(config),
                                  1.0 / dataset.num_classes)
+    if checks_writer.rows:
+      results.plot_scheduler(checks_writer.rows, os.path.join(out, results.SCHEDULER_PLOT_FILE),
+                             config.lr, _title(config))
   done = len({r["task"] for r in writer.rows})
   print(results.summary(writer.rows))
   print(f"{done} of {config.tasks} tasks in {time.time() - started:.1f} s; "

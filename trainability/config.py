@@ -22,6 +22,9 @@ INITS = ("kaiming", "lecun")
 NORMALIZATIONS = ("standardize", "per_feature", "unit", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 RESETS = ("none", "model", "optimizer", "both")
+SCHEDULERS = ("none", "noise_curvature")
+VARIANCES = ("windowed", "instantaneous")
+EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
 
 
 class ConfigError(ValueError):
@@ -98,6 +101,29 @@ class Config:
       "none", "what to re-initialize at each task boundary", RESETS
   )
 
+  # The noise-curvature per-layer step-size scheduler (method.md section 4).
+  scheduler: str = _field(
+      "none", "per-layer step-size scheduler wrapped around the optimizer", SCHEDULERS)
+  check_every: int = _field(40, "noise_curvature: K, steps of a task between checks")
+  window: int = _field(30, "noise_curvature: W, checks in the sharpness window")
+  safety: float = _field(0.8, "noise_curvature: gamma; cool when step > gamma * threshold")
+  cool: float = _field(0.99, "noise_curvature: factor applied when cooling, in (0, 1]")
+  warm: float = _field(1.01, "noise_curvature: factor applied when warming, >= 1")
+  beta: float = _field(1.0, "noise_curvature: weight of the volatility term in the threshold")
+  kappa: float = _field(1.0, "noise_curvature: alpha_vol = 1 / (kappa * Vol)")
+  warm_fraction: float = _field(
+      0.3, "noise_curvature: warming allowed in this first fraction of a task, in [0, 1]")
+  floor: float = _field(
+      0.0, "noise_curvature: cool only when the step exceeds this (reference code: 0.12)")
+  power_iterations: int = _field(
+      3, "noise_curvature: warm-started HVP iterations per check and layer")
+  variance: str = _field(
+      "windowed", "noise_curvature: window variance (paper) or newest deviation (reference)",
+      VARIANCES)
+  effective_step: str = _field(
+      "auto", "noise_curvature: how a layer's step is measured (auto: adam if Adam, else generic)",
+      EFFECTIVE_STEPS)
+
   # Run.
   seeds: int = _field(4, "number of seeds, run in parallel with vmap")
   seed: int = _field(0, "first seed; seeds are seed, seed+1, ...")
@@ -114,7 +140,8 @@ class Config:
             f"{f.name}: {value!r} is not accepted; choose one of {', '.join(choices)}"
         )
     _positive_int(self, "tasks", "epochs", "batch_size", "width", "seeds",
-                  "chunk_tasks", "classes_per_task")
+                  "chunk_tasks", "classes_per_task", "check_every", "window",
+                  "power_iterations")
     if not isinstance(self.depth, int) or self.depth < 0:
       raise ConfigError(f"depth: {self.depth!r} is not accepted; give an integer >= 0")
     if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 0):
@@ -131,6 +158,13 @@ class Config:
     for name in ("lr", "eps"):
       _in_range(self, name, 0.0, math.inf, low_open=True)
     _in_range(self, "weight_decay", 0.0, math.inf)
+    _in_range(self, "safety", 0.0, math.inf, low_open=True)
+    _in_range(self, "cool", 0.0, 1.0, low_open=True)
+    _in_range(self, "warm", 1.0, math.inf)
+    _in_range(self, "beta", 0.0, math.inf)
+    _in_range(self, "kappa", 0.0, math.inf, low_open=True)
+    _in_range(self, "warm_fraction", 0.0, 1.0)
+    _in_range(self, "floor", 0.0, math.inf)
     if self.model == "cnn" and self.dataset == "mnist1d":
       raise ConfigError(
           "model: 'cnn' needs an image data set; accepted with cnn: "

@@ -12,20 +12,53 @@ import numpy as np
 RESULTS_FILE = "results.csv"
 CONFIG_FILE = "config.json"
 PLOT_FILE = "online_accuracy.png"
+CHECKS_FILE = "checks.csv"
+SCHEDULER_PLOT_FILE = "scheduler.png"
 
 
 def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
                 heldout: bool) -> list[dict]:
   """Rows from a TaskMetrics of shape (seeds, tasks); heldout column only when measured."""
-  values = {name: np.asarray(v) for name, v in metrics._asdict().items()}
+  values = {name: np.asarray(v) for name, v in metrics._asdict().items() if name != "checks"}
   if not heldout:
     values.pop("heldout_accuracy")
+  if metrics.checks is not None:
+    values["rho_hat"] = rho_hat(metrics.checks)
   rows = []
   for s, seed in enumerate(seeds):
     for j, task in enumerate(task_ids):
       row = {"seed": int(seed), "task": int(task)}
       row.update({name: float(v[s, j]) for name, v in values.items()})
       rows.append(row)
+  return rows
+
+
+def rho_hat(checks) -> np.ndarray:
+  """Fraction of a task's checks at which some layer's step exceeded alpha~*.
+
+  `checks.crossed` has shape (..., checks, layers); the result (...,).
+  """
+  return np.asarray(checks.crossed).any(-1).mean(-1)
+
+
+def check_rows(checks, seeds: Sequence[int], task_ids: Sequence[int],
+               layer_names: Sequence[str]) -> list[dict]:
+  """One row per seed x task x check x layer with every quantity of the check.
+
+  `checks` is a scheduler.Check whose fields have shape (seeds, tasks, checks, layers).
+  """
+  fields = {name: np.asarray(v) for name, v in checks._asdict().items()}
+  step = fields.pop("step")
+  rows = []
+  for s, seed in enumerate(seeds):
+    for j, task in enumerate(task_ids):
+      for c in range(step.shape[2]):
+        for l, layer in enumerate(layer_names):
+          row = {"seed": int(seed), "task": int(task), "check": c,
+                 "step": int(step[s, j, c]),
+                 "layer": layer}
+          row.update({name: float(v[s, j, c, l]) for name, v in fields.items()})
+          rows.append(row)
   return rows
 
 
@@ -51,9 +84,12 @@ class ResultsWriter:
 
 
 def read_rows(path: str) -> list[dict]:
+  """Rows of a results or checks CSV with numbers parsed (the layer stays a name)."""
+  integers = ("seed", "task", "check", "step")
   with open(path, newline="") as f:
     return [
-        {k: (int(v) if k in ("seed", "task") else float(v)) for k, v in row.items()}
+        {k: (int(v) if k in integers else v if k == "layer" else float(v))
+         for k, v in row.items()}
         for row in csv.DictReader(f)
     ]
 
@@ -109,3 +145,50 @@ def summary(rows: Sequence[dict]) -> str:
       f"task 1 {fmt(means[0])}, best task {task_ids[best] + 1} {fmt(means[best])}, "
       f"last task {task_ids[-1] + 1} {fmt(means[-1])}"
   )
+
+
+def plot_scheduler(rows: Sequence[dict], path: str, base_lr: float, title: str = "") -> None:
+  """Per layer: effective step against the thresholds, and the learning rate.
+
+  Top row (paper Fig. 3), first seed: the effective step alpha against
+  alpha*_g, alpha*_vol and alpha~* at every check, on a log scale (unbounded
+  values are not drawn). Bottom row (paper Fig. 6): the layer's learning rate,
+  base_lr times its multiplier, mean over seeds. x: tasks (check positions as
+  fractions of a task).
+  """
+  from matplotlib.figure import Figure
+  from trainability.estimators import UNBOUNDED
+
+  layers = list(dict.fromkeys(r["layer"] for r in rows))
+  seeds = sorted({r["seed"] for r in rows})
+  checks_per_task = 1 + max((r["check"] for r in rows), default=0)
+  fig = Figure(figsize=(4.0 * max(len(layers), 1), 6.4), dpi=110)
+  axes = fig.subplots(2, max(len(layers), 1), squeeze=False, sharex=True)
+  for col, layer in enumerate(layers):
+    mine = [r for r in rows if r["layer"] == layer]
+    first = sorted((r for r in mine if r["seed"] == seeds[0]), key=lambda r: (r["task"], r["check"]))
+    x = np.array([r["task"] + (r["check"] + 1) / checks_per_task for r in first])
+    top = axes[0, col]
+    for key, label, style in (("alpha", "effective step", "-"), ("alpha_tilde", "alpha~*", "-"),
+                              ("alpha_g", "alpha*_g", ":"), ("alpha_vol", "alpha*_vol", "--")):
+      y = np.array([r[key] for r in first], dtype=float)
+      y = np.where((y > 0) & (y < 0.1 * UNBOUNDED), y, np.nan)
+      top.plot(x, y, style, linewidth=1.2 if key in ("alpha", "alpha_tilde") else 0.9, label=label)
+    top.set_yscale("log")
+    top.set_title(f"{layer} (seed {seeds[0]})", fontsize=9)
+    top.grid(alpha=0.3)
+    bottom = axes[1, col]
+    lr = np.array([[r["multiplier"] for r in sorted(
+        (r for r in mine if r["seed"] == s), key=lambda r: (r["task"], r["check"]))] for s in seeds])
+    bottom.plot(x, base_lr * lr.mean(0), label=f"mean of {len(seeds)} seeds")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("task")
+    bottom.grid(alpha=0.3)
+  axes[0, 0].set_ylabel("step size")
+  axes[0, 0].legend(fontsize=7)
+  axes[1, 0].set_ylabel("learning rate of the layer")
+  axes[1, 0].legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)

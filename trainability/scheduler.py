@@ -40,14 +40,13 @@ import jax.numpy as jnp
 import optax
 
 from trainability import estimators
+from trainability.config import EFFECTIVE_STEPS, VARIANCES
 from trainability.estimators import UNBOUNDED, safe_ratio
 
 # Arguments that fix shapes or loop lengths; with optax.inject_hyperparams pass
 # static_args=STATIC_ARGS (the float hyperparameters stay injectable).
 STATIC_ARGS = ("check_every", "window", "power_iterations", "steps_per_task", "seed",
                "variance", "effective_step", "group_fn")
-EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
-VARIANCES = ("windowed", "instantaneous")
 
 
 class Check(NamedTuple):

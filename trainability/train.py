@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from trainability import data as data_lib
-from trainability import models, optim, tasks
+from trainability import estimators, models, optim, scheduler, tasks
 from trainability.config import Config, ConfigError
 
 EVAL_CHUNK = 1024  # examples per forward pass when measuring whole-split accuracy.
@@ -56,6 +56,9 @@ class TaskMetrics(NamedTuple):
   loss: jax.Array
   final_accuracy: jax.Array
   heldout_accuracy: jax.Array
+  # With the noise-curvature scheduler: the task's checks, each field
+  # (checks, layers) (see scheduler.Check); None without it.
+  checks: Any = None
 
 
 class Trainer(NamedTuple):
@@ -65,6 +68,7 @@ class Trainer(NamedTuple):
   model: models.Model
   stream: tasks.TaskStream
   steps_per_epoch: int
+  layer_names: tuple[str, ...]
 
 
 def make_train(config: Config, dataset: data_lib.Dataset | None = None):
@@ -99,13 +103,29 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
   reset_model = config.reset in ("model", "both")
   reset_optimizer = config.reset in ("optimizer", "both")
+  steps_per_task = config.epochs * steps_per_epoch
+  scheduled = config.scheduler == "noise_curvature"
+
+  def make_tx(hparams):
+    tx = optim.make_optimizer(config.optimizer, hparams)
+    if not scheduled:
+      return tx
+    return scheduler.noise_curvature_scheduler(
+        tx, check_every=config.check_every, window=config.window, safety=config.safety,
+        cool=config.cool, warm=config.warm, beta=config.beta, kappa=config.kappa,
+        warm_fraction=config.warm_fraction, steps_per_task=steps_per_task,
+        floor=config.floor, power_iterations=config.power_iterations,
+        variance=config.variance, effective_step=config.effective_step)
+
+  def hparams_of(opt_state):
+    return optim.hparams_of(config.optimizer, opt_state.inner if scheduled else opt_state)
 
   def init(key, hparams=None) -> RunState:
     values = optim.default_hparams(config)
     values.update({k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
     init_key, stream_key, shuffle_key = jax.random.split(key, 3)
     params, model_state = model.init(init_key)
-    opt_state = optim.make_optimizer(config.optimizer, values).init(params)
+    opt_state = make_tx(values).init(params)
     return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key)
 
   def loss_fn(params, model_state, x, y):
@@ -138,8 +158,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     return hits.sum() / jnp.maximum(w.sum(), 1.0)
 
   def run_task(state: RunState, t) -> tuple[RunState, TaskMetrics]:
-    tx = optim.make_optimizer(
-        config.optimizer, optim.hparams_of(config.optimizer, state.opt_state))
+    tx = make_tx(hparams_of(state.opt_state))
     task = stream.task(state.stream_key, t)
     params, model_state, opt_state = state.params, state.model_state, state.opt_state
     if reset_model:
@@ -158,25 +177,45 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
       u = jax.random.uniform(jax.random.fold_in(task_key, e), (n,))
       order = jnp.argsort(jnp.where(example_weight > 0, u, u + 2.0))
       order = order[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
-      return jax.lax.scan(step, carry, (order, jnp.arange(steps_per_epoch)))
+      steps = jnp.arange(steps_per_epoch)
+      return jax.lax.scan(step, carry, (order, steps, e * steps_per_epoch + steps))
 
     def step(carry, inputs):
-      idx, j = inputs
+      # j: step of the epoch; task_step: step of the task. Both are loop
+      # counters, the same for every vmapped seed.
+      idx, j, task_step = inputs
       params, model_state, opt_state = carry
       x, y = task_inputs(x_train[idx], task), task.train_labels[idx]
       (loss, (logits, new_model_state)), grads = grad_fn(params, model_state, x, y)
       hit_rate = jnp.mean(jnp.argmax(logits, -1) == y)
-      updates, new_opt_state = tx.update(grads, opt_state, params)
+      if scheduled:
+        # Per-example losses in eval mode (BatchNorm uses its running statistics).
+        def example_loss(p, example):
+          xi, yi = example
+          logits_i, _ = model.apply(p, model_state, xi[None], train=False)
+          return optax.softmax_cross_entropy_with_integer_labels(logits_i, yi[None])[0]
+
+        updates, new_opt_state = tx.update(
+            grads, opt_state, params, example_loss=example_loss, batch=(x, y),
+            task_step=task_step, step=task_step)
+      else:
+        updates, new_opt_state = tx.update(grads, opt_state, params)
       new = (optax.apply_updates(params, updates), new_model_state, new_opt_state)
+      record = (loss, hit_rate, jnp.float32(1.0))
       if stream.masks_examples:
         valid = j < valid_steps
         new = _select(valid, new, carry)
-        return new, (valid * loss, valid * hit_rate, valid)
-      return new, (loss, hit_rate, jnp.float32(1.0))
+        record = (valid * loss, valid * hit_rate, valid.astype(jnp.float32))
+      return new, record + ((new[2].last,) if scheduled else ())
 
-    (params, model_state, opt_state), (losses, hits, counted) = jax.lax.scan(
+    (params, model_state, opt_state), (losses, hits, counted, *lasts) = jax.lax.scan(
         epoch, (params, model_state, opt_state), jnp.arange(config.epochs)
     )
+    checks = None
+    if scheduled:  # the state after each check: task steps K-1, 2K-1, ...
+      checks = jax.tree.map(
+          lambda a: a.reshape(steps_per_task, *a.shape[2:])[config.check_every - 1::config.check_every],
+          lasts[0])
     steps = jnp.maximum(counted.sum(), 1.0)
     final = accuracy(params, model_state, x_train, task.train_labels, example_weight, task)
     if config.heldout:
@@ -184,7 +223,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
                          task.active_classes[y_test].astype(jnp.float32), task)
     else:
       heldout = jnp.float32(jnp.nan)
-    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout)
+    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout, checks)
     return state._replace(params=params, model_state=model_state, opt_state=opt_state), metrics
 
   def run_tasks(state: RunState, task_ids) -> tuple[RunState, TaskMetrics]:
@@ -193,7 +232,8 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   def train(key, hparams=None) -> TaskMetrics:
     return run_tasks(init(key, hparams), jnp.arange(config.tasks))[1]
 
-  return Trainer(init, run_tasks, train, model, stream, steps_per_epoch)
+  layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
+  return Trainer(init, run_tasks, train, model, stream, steps_per_epoch, layer_names)
 
 
 def _select(pred, on_true, on_false):
