@@ -94,21 +94,6 @@ class Program:
   cpu_seconds: float = math.nan  # process CPU time (all threads) of that repeat
 
 
-def synthetic_dataset(n: int, shape=(28, 28, 1), num_classes=10, seed=0) -> data.Dataset:
-  """Gaussian images and uniform labels: the same cost as real images."""
-  rng = np.random.default_rng(seed)
-  n_test = 100
-  return data.Dataset(
-      name="synthetic",
-      x_train=rng.standard_normal((n, *shape), dtype=np.float32),
-      y_train=rng.integers(0, num_classes, n).astype(np.int32),
-      x_test=rng.standard_normal((n_test, *shape), dtype=np.float32),
-      y_test=rng.integers(0, num_classes, n_test).astype(np.int32),
-      num_classes=num_classes,
-      is_image=True,
-  )
-
-
 def make_benches(args) -> list[Bench]:
   benches = []
   if "paper" in args.models:
@@ -120,7 +105,7 @@ def make_benches(args) -> list[Bench]:
         "paper", "paper MLP 784-256-256-10, batch 256, Adam lr 1e-3, random labels",
         f"inputs are SYNTHETIC: {n} Gaussian 28x28x1 images (MNIST is not available "
         "offline; the cost does not depend on the pixel values)",
-        config, synthetic_dataset(n)))
+        config, data.synthetic_dataset(n)))
   if "small" in args.models:
     config = Config(epochs=args.small_epochs, tasks=1, seed=args.seed)
     if args.small_subset is not None:

@@ -116,7 +116,7 @@ class Config:
   floor: float = _field(
       0.0, "noise_curvature: cool only when the step exceeds this (reference code: 0.12)")
   power_iterations: int = _field(
-      3, "noise_curvature: warm-started HVP iterations per check and layer")
+      1, "noise_curvature: warm-started HVP iterations per check and layer")
   variance: str = _field(
       "windowed", "noise_curvature: window variance (paper) or newest deviation (reference)",
       VARIANCES)

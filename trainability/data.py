@@ -89,6 +89,21 @@ def load(
   return normalize_dataset(ds, normalize)
 
 
+def synthetic_dataset(n: int, shape=(28, 28, 1), num_classes: int = 10, n_test: int = 100,
+                      seed: int = 0) -> Dataset:
+  """Gaussian images with uniform labels: for benchmarks, where the cost of a
+  step does not depend on the pixel values (MNIST itself is not offline)."""
+  rng = np.random.default_rng(seed)
+  return Dataset(
+      "synthetic",
+      rng.standard_normal((n, *shape), dtype=np.float32),
+      rng.integers(0, num_classes, n).astype(np.int32),
+      rng.standard_normal((n_test, *shape), dtype=np.float32),
+      rng.integers(0, num_classes, n_test).astype(np.int32),
+      num_classes, True,
+  )
+
+
 def normalize_dataset(ds: Dataset, method: str) -> Dataset:
   """Scales inputs with statistics of the (subsampled) training split only."""
   x_train = ds.x_train.astype(np.float32)

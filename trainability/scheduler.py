@@ -93,7 +93,7 @@ def noise_curvature_scheduler(
     warm_fraction: float = 0.3,
     steps_per_task: int | None = None,
     floor: float = 0.0,
-    power_iterations: int = 3,
+    power_iterations: int = 1,
     variance: str = "windowed",
     effective_step: str = "auto",
     learning_rate: float | None = None,
@@ -118,7 +118,8 @@ def noise_curvature_scheduler(
     floor: cool only layers with alpha > floor (default 0: off; the reference
       code's hard floor is 0.12, which can stop the controller from firing).
     power_iterations: HVP iterations per check and layer, warm-started from
-      the previous check's eigenvectors.
+      the previous check's eigenvectors (default 1: a power iteration that
+      runs across checks, one step per check).
     variance: "windowed" (paper: variance of the window) or "instantaneous"
       (reference code: (lam_bar - mu)^2 of the newest value).
     effective_step: how a layer's step is measured, weights only:
@@ -187,7 +188,7 @@ def noise_curvature_scheduler(
 
   def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at):
     key, power_key = jax.random.split(state.key)
-    noise = estimators.gradient_noise(example_loss, params, batch, layers)
+    noise = estimators.gradient_noise(example_loss, params, batch, layers, mean_grads=grads)
     mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
     eigen = estimators.power_iteration(mean_loss, params, layers, state.eigenvectors,
                                        power_iterations, key=power_key)
