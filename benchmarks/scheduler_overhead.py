@@ -55,7 +55,7 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
   args = parser.parse_args(argv)
   if args.quick:
-    args.examples, args.epochs, args.repeats = 512, 2, 1
+    args.examples, args.epochs, args.repeats, args.check_every = 512, 4, 1, 2
   devices.use_cpu_cores()
   print(f"device: {jax.devices()[0].platform}; jax {jax.__version__}")
 

@@ -60,3 +60,16 @@ def test_bad_flags_exit_with_usage_error(throughput, argv, capsys):
     throughput.parse_args(argv)
   assert exc.value.code == 2
   assert "error:" in capsys.readouterr().err
+
+
+def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
+  spec = importlib.util.spec_from_file_location(
+      "benchmarks_scheduler_overhead", SCRIPT.parent / "scheduler_overhead.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.main(["--quick"]) == 0
+  out = capsys.readouterr().out
+  assert "8 steps, 4 checks (K = 2, 1 power iterations)" in out
+  assert "ratio scheduled / plain:" in out and "(target <= 1.3x)" in out
+  for part in ("per-example gradients", "curvature (power iteration)", "whole check"):
+    assert part in out
