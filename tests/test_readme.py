@@ -26,8 +26,34 @@ def test_ci_runs_the_readme_test_command():
   assert main_command.startswith("python3 -m venv .venv && .venv/bin/pip install -e .")
 
 
+def test_scheduler_example_runs_with_a_real_model():
+  import jax
+  import optax
+
+  from trainability import models
+  from trainability.config import Config
+
+  snippet = blocks("python")[1]
+  model = models.make_model(Config(width=8, depth=1), (2, 2, 1), 3)
+  params, _ = model.init(jax.random.key(0))
+  batch = (jax.random.normal(jax.random.key(1), (6, 2, 2, 1)), np.arange(6) % 3)
+
+  def example_loss(p, example):
+    logits, _ = model.apply(p, {}, example[0][None])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, example[1][None])[0]
+
+  grads = jax.grad(lambda p: sum(example_loss(p, (x, y)) for x, y in zip(*batch)) / 6)(params)
+  # task_step 39: the 40th step of the task, a check.
+  namespace = dict(params=params, grads=grads, example_loss=example_loss, batch=batch,
+                   task_step=39)
+  exec(compile(snippet, "README.md", "exec"), namespace)
+  state = namespace["state"]
+  assert int(state.checks) == 1 and float(state.last.sigma2.min()) > 0
+  assert set(namespace["params"]) == {"hidden_0", "output"}
+
+
 def test_python_example_runs_as_written(capsys):
-  (example,) = blocks("python")
+  example = blocks("python")[0]
   namespace = {}
   exec(compile(example, "README.md", "exec"), namespace)
   metrics, sweep = namespace["metrics"], namespace["sweep"]
