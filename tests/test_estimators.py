@@ -126,3 +126,29 @@ def test_zero_curvature_gives_zero_not_nan():
   np.testing.assert_array_equal(eigen.values, [0.0, 0.0, 0.0])
   for leaf in jax.tree.leaves(eigen.vectors):
     assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+@pytest.mark.parametrize("activation", ["relu", "crelu"])
+def test_dense_gradient_noise_equals_the_per_example_computation(activation):
+  config = Config(width=6, depth=2, activation=activation)
+  model = models.make_model(config, (3, 2, 1), 4)
+  params, state = model.init(KEY)
+  x = jax.random.normal(jax.random.key(1), (10, 3, 2, 1))
+  y = jax.random.randint(jax.random.key(2), (10,), 0, 4)
+
+  def example_loss(p, example):
+    logits, _ = model.apply(p, state, example[0][None])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, example[1][None])[0]
+
+  layers = estimators.layers_of(params)
+  fast = estimators.dense_gradient_noise(example_loss, params, (x, y), layers,
+                                         model.dense_inputs(params, state, x))
+  slow = estimators.gradient_noise(example_loss, params, (x, y), layers)
+  np.testing.assert_allclose(fast.sigma2, slow.sigma2, rtol=1e-4)
+  np.testing.assert_allclose(fast.grad_sq, slow.grad_sq, rtol=1e-5)
+
+
+def test_only_plain_mlps_offer_dense_inputs():
+  assert models.make_model(Config(), (8, 8, 1), 10).dense_inputs is not None
+  assert models.make_model(Config(norm="layernorm"), (8, 8, 1), 10).dense_inputs is None
+  assert models.make_model(Config(model="cnn"), (8, 8, 1), 10).dense_inputs is None

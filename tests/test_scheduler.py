@@ -232,3 +232,13 @@ def test_bad_arguments_are_named():
   tx = noise_curvature_scheduler(optax.adam(1e-3), check_every=1)
   with pytest.raises(ValueError, match="^learning_rate: effective_step 'adam' needs"):
     run(tx, params, batch, example_loss, 1)
+
+
+def test_precomputed_gradient_noise_is_used_on_checks():
+  params, batch, example_loss = problem()
+  tx = noise_curvature_scheduler(optax.adam(1e-2), check_every=2, learning_rate=1e-2)
+  fixed = estimators.GradientNoise(jnp.array([2.0, 3.0]), jnp.array([8.0, 6.0]), 16)
+  _, state = jax.jit(lambda p: run(tx, p, batch, example_loss, 4,
+                                   gradient_noise=lambda p, g: fixed))(params)
+  np.testing.assert_array_equal(state.last.sigma2, [8.0, 6.0])
+  np.testing.assert_allclose(state.last.alpha_g, [16 * 2 / 8, 16 * 3 / 6])

@@ -137,6 +137,55 @@ def gradient_noise(example_loss, params, batch, layers: Layers, chunk_size: int 
   return GradientNoise(grad_sq, jnp.maximum(mean_square - grad_sq, 0.0), batch_size)
 
 
+def dense_gradient_noise(example_loss, params, batch, layers: Layers, inputs,
+                         mean_grads=None) -> GradientNoise:
+  """`gradient_noise` for a network of dense layers, without per-example gradients.
+
+  For a dense layer z = a W + b, example i's gradients are a_i delta_i^T (kernel)
+  and delta_i (bias), so ||g_i||^2 = (||a_i||^2 + 1) ||delta_i||^2. The deltas
+  are the per-example bias gradients (vmap of grad with respect to the biases
+  only: no kernel outer product is formed), `inputs` the layers' inputs
+  {top-level key: (B, fan_in)} from one forward pass. Every top-level entry of
+  params must be a dense layer holding one `kernel` and one `bias` (possibly
+  nested one level, as in models.Network).
+  """
+  batch_size = jax.tree.leaves(batch)[0].shape[0]
+  flat = {name: dict(_flatten_layer(layer)) for name, layer in params.items()}
+
+  def with_biases(biases):
+    return {name: _replace_bias(params[name], biases[name]) for name in params}
+
+  biases = {name: flat[name]["bias"] for name in params}
+  deltas = jax.vmap(jax.grad(lambda b, example: example_loss(with_biases(b), example)),
+                    in_axes=(None, 0))(biases, batch)
+  per_layer = {}
+  for name in params:
+    delta_sq = jnp.sum(deltas[name] ** 2, axis=1)
+    input_sq = jnp.sum(inputs[name].reshape(batch_size, -1) ** 2, axis=1)
+    per_layer[name] = jnp.sum((input_sq + 1.0) * delta_sq) / batch_size
+  mean = mean_grads
+  if mean is None:
+    mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
+    mean = jax.grad(mean_loss)(params)
+  grad_sq = per_layer_sum(layers, jax.tree.map(lambda m: jnp.sum(m**2), mean))
+  mean_square = jnp.stack([per_layer[n] for n in layers.names])
+  return GradientNoise(grad_sq, jnp.maximum(mean_square - grad_sq, 0.0), batch_size)
+
+
+def _flatten_layer(layer):
+  """(kind, leaf) for a dense layer's kernel and bias, possibly one level down."""
+  for key, value in layer.items():
+    if isinstance(value, dict):
+      yield from _flatten_layer(value)
+    else:
+      yield key, value
+
+
+def _replace_bias(layer, bias):
+  return {k: (_replace_bias(v, bias) if isinstance(v, dict) else bias if k == "bias" else v)
+          for k, v in layer.items()}
+
+
 def critical_step(noise: GradientNoise) -> jax.Array:
   """alpha*_g = B ||g||^2 / sigma2_ps per layer; UNBOUNDED where there is no noise."""
   return safe_ratio(noise.batch_size * noise.grad_sq, noise.sigma2)

@@ -25,10 +25,17 @@ Params = Any
 
 
 class Model(NamedTuple):
-  """A pure model. `apply(params, state, x, train)` returns (logits, new_state)."""
+  """A pure model. `apply(params, state, x, train)` returns (logits, new_state).
+
+  `dense_inputs(params, state, x)`, for models made only of dense layers (an
+  MLP without norm layers; None otherwise), returns {layer: (B, fan_in)
+  input of that layer's kernel}, for per-example gradient norms without
+  per-example gradients (estimators.dense_gradient_noise).
+  """
 
   init: Callable[[jax.Array], tuple[Params, dict]]
   apply: Callable[..., tuple[jax.Array, dict]]
+  dense_inputs: Callable[..., dict] | None = None
 
 
 def activation_fn(name: str, leaky_slope: float = 0.01) -> Callable[[jax.Array], jax.Array]:
@@ -162,11 +169,26 @@ def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
                 leaky_slope=config.leaky_slope, norm=config.norm, init_scheme=config.init)
   if config.model == "mlp":
     module = Network(widths=(config.width,) * config.depth, **common)
+    if config.norm == "none":
+      return _with_dense_inputs(from_module(module, input_shape), module, config.depth)
   elif config.model == "cnn":
     module = Network(widths=(config.width,), channels=tuple(config.channels), **common)
   else:
     raise ValueError(f"model: {config.model!r} is not accepted; choose one of mlp, cnn")
   return from_module(module, input_shape)
+
+
+def _with_dense_inputs(model: Model, module: nn.Module, depth: int) -> Model:
+  names = [f"hidden_{i}" for i in range(depth)]
+
+  def dense_inputs(params, state, x):
+    _, captured = module.apply({"params": params, **state}, x, train=False,
+                               capture_intermediates=True, mutable=["intermediates"])
+    outputs = [captured["intermediates"][n]["__call__"][0] for n in names]
+    inputs = [x.reshape(x.shape[0], -1)] + outputs
+    return dict(zip(names + ["output"], inputs))
+
+  return model._replace(dense_inputs=dense_inputs)
 
 
 def from_module(module: nn.Module, input_shape: Sequence[int]) -> Model:

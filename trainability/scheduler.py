@@ -21,6 +21,10 @@ Extra arguments of `update` (keywords):
 * `task_step`: steps since the current task began (0 at its first step). It
   tells the transform about task boundaries: warming is allowed only while
   task_step < warm_fraction * steps_per_task. Without it (None), nothing warms.
+* `gradient_noise(params, grads) -> estimators.GradientNoise`: optional, a
+  cheaper way to the per-example statistics that the caller knows for its
+  model (e.g. `estimators.dense_gradient_noise` for dense networks); called on
+  check steps only. Without it, per-example gradients of `example_loss` are used.
 * `step`: the global step, if the caller has one that is the same for every
   vmapped seed (a scan counter). Checks run when step % check_every == 0. Under
   `vmap` over seeds, a check schedule read from the (batched) state would turn
@@ -165,7 +169,7 @@ def noise_curvature_scheduler(
     )
 
   def update(updates, state, params=None, *, example_loss=None, batch=None,
-             task_step=None, step=None, **extra):
+             task_step=None, step=None, gradient_noise=None, **extra):
     del extra  # arguments for other transforms of a chain
     if params is None:
       raise ValueError("params: noise_curvature_scheduler needs params in update()")
@@ -181,14 +185,19 @@ def noise_curvature_scheduler(
     due = (at % check_every) == 0
 
     def run_check(state):
-      return _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at)
+      return _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
+                    gradient_noise)
 
     state = jax.lax.cond(due, run_check, lambda s: s, state)
     return scaled, state
 
-  def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at):
+  def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
+             gradient_noise):
     key, power_key = jax.random.split(state.key)
-    noise = estimators.gradient_noise(example_loss, params, batch, layers, mean_grads=grads)
+    if gradient_noise is None:
+      noise = estimators.gradient_noise(example_loss, params, batch, layers, mean_grads=grads)
+    else:
+      noise = gradient_noise(params, grads)
     mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
     eigen = estimators.power_iteration(mean_loss, params, layers, state.eigenvectors,
                                        power_iterations, key=power_key)

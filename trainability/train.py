@@ -195,9 +195,16 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
           logits_i, _ = model.apply(p, model_state, xi[None], train=False)
           return optax.softmax_cross_entropy_with_integer_labels(logits_i, yi[None])[0]
 
+        noise_fn = None
+        if model.dense_inputs is not None:  # per-example norms without per-example grads
+          def noise_fn(p, g):
+            return estimators.dense_gradient_noise(
+                example_loss, p, (x, y), estimators.layers_of(p),
+                model.dense_inputs(p, model_state, x), mean_grads=g)
+
         updates, new_opt_state = tx.update(
             grads, opt_state, params, example_loss=example_loss, batch=(x, y),
-            task_step=task_step, step=task_step)
+            task_step=task_step, step=task_step, gradient_noise=noise_fn)
       else:
         updates, new_opt_state = tx.update(grads, opt_state, params)
       new = (optax.apply_updates(params, updates), new_model_state, new_opt_state)
