@@ -10,8 +10,9 @@ does not depend on the pixel values) with and without
 `--repeats` timed calls, and prints the ratio (target: at most 1.3x on a CPU).
 
 It also splits the cost of one check, each part jitted and timed alone on the
-same parameters and batch: the per-example gradients (gradient noise), the
-curvature (warm-started power iteration, `--power-iterations` rounds of one
+same parameters and batch: the per-example gradient norms (the dense-layer path
+the training loop uses for this MLP; the generic per-example gradients are
+printed for comparison), the curvature (warm-started power iteration, `--power-iterations` rounds of one
 HVP per layer), and the rest of the check (the
 measured check minus those two), each as a multiple of one plain training step,
 and the check's cost amortized over K steps.
@@ -105,7 +106,11 @@ def main(argv=None) -> int:
   start = estimators.random_unit_vectors(jax.random.key(1), params, layers)
   parts = {
       "plain training step": (jax.jit(plain_step), (params, opt_state)),
-      "per-example gradients": (
+      "per-example norms (dense path)": (
+          jax.jit(lambda p: estimators.dense_gradient_noise(
+              example_loss, p, (x, y), layers, trainer.model.dense_inputs(p, {}, x))),
+          (params,)),
+      "per-example gradients (generic)": (
           jax.jit(lambda p: estimators.gradient_noise(example_loss, p, (x, y), layers)),
           (params,)),
       "curvature (power iteration)": (
@@ -115,9 +120,12 @@ def main(argv=None) -> int:
   cost = {name: best_time(fn, *a, repeats=max(args.repeats, 3)) for name, (fn, a) in parts.items()}
   step = cost["plain training step"]
   measured_check = (timings["adam + noise_curvature"] - timings["adam"]) / max(checks, 1)
-  rest = measured_check - cost["per-example gradients"] - cost["curvature (power iteration)"]
-  print("cost of one check, in plain training steps:")
-  for name in ("per-example gradients", "curvature (power iteration)"):
+  rest = (measured_check - cost["per-example norms (dense path)"]
+          - cost["curvature (power iteration)"])
+  print("cost of one check, in plain training steps (the loop uses the dense path for "
+        "MLPs without norm layers; the generic path for comparison):")
+  for name in ("per-example norms (dense path)", "curvature (power iteration)",
+               "per-example gradients (generic)"):
     print(f"  {name:<30} {cost[name] * 1e3:8.2f} ms  {cost[name] / step:6.2f} steps")
   print(f"  {'rest (measured check - parts)':<30} {rest * 1e3:8.2f} ms  {rest / step:6.2f} steps")
   print(f"  {'whole check (from the runs)':<30} {measured_check * 1e3:8.2f} ms  "

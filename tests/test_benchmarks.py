@@ -71,5 +71,6 @@ def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
   out = capsys.readouterr().out
   assert "8 steps, 4 checks (K = 2, 1 power iterations)" in out
   assert "ratio scheduled / plain:" in out and "(target <= 1.3x)" in out
-  for part in ("per-example gradients", "curvature (power iteration)", "whole check"):
+  for part in ("per-example norms (dense path)", "per-example gradients (generic)",
+               "curvature (power iteration)", "whole check"):
     assert part in out
