@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from trainability import Config, devices, make_train
+from trainability import Config, devices, make_train, results
 
 
 def main(argv=None):
@@ -68,13 +67,7 @@ def main(argv=None):
     curve = online[grid_lr == np.float32(lr)].mean(0)
     ax.plot(np.arange(1, args.tasks + 1), curve, marker="o", markersize=3, label=f"Adam lr {lr:g}")
     print(f"  lr {lr:g}: " + " ".join(f"{v:.2f}" for v in curve))
-  ax.axhline(0.1, color="gray", linestyle="--", linewidth=1, label="chance (0.1)")
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  ax.set_xlabel("task")
-  ax.set_ylabel("average online accuracy")
-  ax.set_ylim(0, 1.02)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  results.accuracy_axis(ax, chance=0.1)
   ax.set_title(f"random-label digits, {args.epochs} epochs/task, mean of {args.seeds} seeds",
                fontsize=9)
   fig.tight_layout()

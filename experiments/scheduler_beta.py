@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from trainability import Config, devices, make_trainer, seed_keys
+from trainability import Config, devices, make_trainer, results, seed_keys
 
 
 def main(argv=None):
@@ -79,16 +79,14 @@ def main(argv=None):
   x = np.arange(1, args.tasks + 1)
   for name, curve in curves.items():
     left.plot(x, curve, marker="o", markersize=3, label=name)
-  left.axhline(0.1, color="gray", linestyle="--", linewidth=1, label="chance")
-  left.set(xlabel="task", ylabel="average online accuracy", ylim=(0, 1.02),
-           title=f"mean of {args.seeds} seeds; scheduler cool={args.cool:g}")
+  results.accuracy_axis(left, chance=0.1)
+  left.set_title(f"mean of {args.seeds} seeds; scheduler cool={args.cool:g}", fontsize=9)
   for name, multipliers in lrs.items():
     right.plot(x, 1e-3 * multipliers.mean(-1), marker="o", markersize=3, label=name)
   right.set(xlabel="task", ylabel="learning rate at task end (mean of layers)", yscale="log")
-  for ax in (left, right):
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  right.xaxis.set_major_locator(MaxNLocator(integer=True))
+  right.grid(alpha=0.3)
+  right.legend(fontsize=7)
   fig.tight_layout()
   figure = os.path.join(args.out, "scheduler_beta.png")
   fig.savefig(figure)

@@ -109,7 +109,6 @@ def plot_online_accuracy(rows: Sequence[dict], path: str, title: str = "",
   """Mean over seeds of average online accuracy per task, with min-max spread."""
   # The Figure API needs no pyplot backend: safe headless and inside notebooks.
   from matplotlib.figure import Figure
-  from matplotlib.ticker import MaxNLocator
 
   task_ids, values = per_task(rows, "online_accuracy")
   fig = Figure(figsize=(6.4, 3.8), dpi=120)
@@ -119,18 +118,26 @@ def plot_online_accuracy(rows: Sequence[dict], path: str, title: str = "",
     ax.fill_between(x, values.min(0), values.max(0), alpha=0.25, linewidth=0,
                     label=f"min-max over {values.shape[0]} seeds")
     ax.plot(x, values.mean(0), marker="o", markersize=3, label="mean over seeds")
-    if chance is not None:
-      ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
-    ax.legend(loc="upper right", fontsize=8)
+  accuracy_axis(ax, chance if len(task_ids) else None, legend=bool(len(task_ids)))
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def accuracy_axis(ax, chance: float | None = None, legend: bool = True) -> None:
+  """Styles an axis of accuracy per task: integer tasks, [0, 1], grid, chance line."""
+  from matplotlib.ticker import MaxNLocator
+
+  if chance is not None:
+    ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("task")
   ax.set_ylabel("average online accuracy")
   ax.set_ylim(0.0, 1.02)
   ax.grid(alpha=0.3)
-  if title:
-    ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path)
+  if legend:
+    ax.legend(loc="upper right", fontsize=8)
 
 
 def summary(rows: Sequence[dict]) -> str:
