@@ -40,6 +40,16 @@ def test_closed_fields_name_the_field_and_the_accepted_values(field):
     ({"channels": ()}, "channels"),
     ({"channels": (16, 0)}, "channels"),
     ({"model": "cnn", "dataset": "mnist1d"}, "model"),
+    ({"check_every": 0}, "check_every"),
+    ({"window": -3}, "window"),
+    ({"power_iterations": 0}, "power_iterations"),
+    ({"safety": 0.0}, "safety"),
+    ({"cool": 0.0}, "cool"),
+    ({"warm": 0.5}, "warm"),
+    ({"beta": -1.0}, "beta"),
+    ({"kappa": 0.0}, "kappa"),
+    ({"warm_fraction": 1.5}, "warm_fraction"),
+    ({"floor": -0.1}, "floor"),
     ({"heldout": True}, "heldout"),
 ])
 def test_bad_values_give_one_line_naming_the_field(changes, field):
