@@ -39,6 +39,7 @@ def main(argv=None):
   parser.add_argument("--tasks", type=int, default=20)
   parser.add_argument("--epochs", type=int, default=100)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  parser.add_argument("--name", default="scheduler_beta", help="stem of the output files")
   args = parser.parse_args(argv)
   devices.use_cpu_cores()
   base = Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds)
@@ -47,7 +48,7 @@ def main(argv=None):
                                           cool=args.cool))
       for b in args.betas.split(",")]
   os.makedirs(args.out, exist_ok=True)
-  table = os.path.join(args.out, "scheduler_beta.csv")
+  table = os.path.join(args.out, f"{args.name}.csv")
   curves, lrs = {}, {}
   with open(table, "w", newline="") as f:
     writer = csv.writer(f)
@@ -88,7 +89,7 @@ def main(argv=None):
   right.grid(alpha=0.3)
   right.legend(fontsize=7)
   fig.tight_layout()
-  figure = os.path.join(args.out, "scheduler_beta.png")
+  figure = os.path.join(args.out, f"{args.name}.png")
   fig.savefig(figure)
   print(f"wrote {table} and {figure}")
 
