@@ -173,14 +173,14 @@ def noise_curvature_scheduler(
     del extra  # arguments for other transforms of a chain
     if params is None:
       raise ValueError("params: noise_curvature_scheduler needs params in update()")
+    if example_loss is None or batch is None:
+      raise ValueError("example_loss, batch: noise_curvature_scheduler needs both in update()")
     layers = estimators.layers_of(params, group_fn)
     grads = updates
     inner_updates, inner_state = inner.update(grads, state.inner, params)
     count = state.count + 1
     scaled = _scale(layers, inner_updates, state.multiplier)
     state = state._replace(inner=inner_state, count=count)
-    if example_loss is None or batch is None:
-      raise ValueError("example_loss, batch: noise_curvature_scheduler needs both in update()")
     at = count if step is None else jnp.asarray(step) + 1
     due = (at % check_every) == 0
 
