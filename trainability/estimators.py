@@ -229,18 +229,13 @@ def normalize_per_layer(layers: Layers, vector, fallback_key=None):
   direction from `fallback_key`, or stays zero without one.
   """
   norms = jnp.sqrt(_per_layer_dot(layers, vector, vector))
-  if fallback_key is not None:
-    leaves, treedef = jax.tree.flatten(vector)
-    keys = jax.random.split(fallback_key, len(leaves))
-    noise = jax.tree.unflatten(
-        treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
-    noise_norms = jnp.sqrt(_per_layer_dot(layers, noise, noise))
-    vector = jax.tree.map(
-        lambda v, z, i: jnp.where(norms[i] > _TINY, v, z / jnp.maximum(noise_norms[i], _TINY)),
-        vector, noise, layers.index)
-    norms = jnp.where(norms > _TINY, norms, 1.0)
   scale = jnp.where(norms > _TINY, 1.0 / jnp.maximum(norms, _TINY), 0.0)
-  return jax.tree.map(lambda v, i: v * scale[i], vector, layers.index)
+  unit = jax.tree.map(lambda v, i: v * scale[i], vector, layers.index)
+  if fallback_key is None:
+    return unit
+  fresh = random_unit_vectors(fallback_key, vector, layers)
+  return jax.tree.map(lambda u, z, i: jnp.where(norms[i] > _TINY, u, z),
+                      unit, fresh, layers.index)
 
 
 def random_unit_vectors(key, params, layers: Layers):
