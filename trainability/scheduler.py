@@ -288,13 +288,12 @@ def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False):
   started = t > 0
   bc1 = jnp.where(started, 1 - b1**t, 1.0)
   bc2 = jnp.where(started, 1 - b2**t, 1.0)
+  of_mean = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(jnp.mean(v) / bc2) + eps), nu)
+  agg = estimators.per_layer_mean(layers, of_mean, layers.is_weight)
+  inverse_scale = agg
   if elementwise:
-    per_leaf = jax.tree.map(lambda v: jnp.mean(1.0 / (jnp.sqrt(v / bc2) + eps)), nu)
-  else:
-    per_leaf = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(jnp.mean(v) / bc2) + eps), nu)
-  agg_leaf = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(jnp.mean(v) / bc2) + eps), nu)
-  inverse_scale = estimators.per_layer_mean(layers, per_leaf, layers.is_weight)
-  agg = estimators.per_layer_mean(layers, agg_leaf, layers.is_weight)
+    per_element = jax.tree.map(lambda v: jnp.mean(1.0 / (jnp.sqrt(v / bc2) + eps)), nu)
+    inverse_scale = estimators.per_layer_mean(layers, per_element, layers.is_weight)
   alpha = jnp.where(started, eta * inverse_scale / bc1, 0.0)
   return alpha, jnp.where(started, eta * agg, 0.0)
 
