@@ -37,6 +37,7 @@ def test_closed_fields_name_the_field_and_the_accepted_values(field):
     ({"momentum": 1.0}, "momentum"),
     ({"b2": -0.1}, "b2"),
     ({"weight_decay": -1e-3}, "weight_decay"),
+    ({"l2": -1e-3}, "l2"),
     ({"channels": ()}, "channels"),
     ({"channels": (16, 0)}, "channels"),
     ({"model": "cnn", "dataset": "mnist1d"}, "model"),

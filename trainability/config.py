@@ -97,6 +97,8 @@ class Config:
   b2: float = _field(0.999, "adam/adamw: beta2")
   eps: float = _field(1e-8, "adam/adamw: epsilon")
   weight_decay: float = _field(1e-4, "adamw: decoupled weight decay")
+  l2: float = _field(
+      0.0, "coupled L2: l2 * params added to the gradient (torch weight_decay; paper 1e-3)")
   reset: str = _field(
       "none", "what to re-initialize at each task boundary", RESETS
   )
@@ -158,6 +160,7 @@ class Config:
     for name in ("lr", "eps"):
       _in_range(self, name, 0.0, math.inf, low_open=True)
     _in_range(self, "weight_decay", 0.0, math.inf)
+    _in_range(self, "l2", 0.0, math.inf)
     _in_range(self, "safety", 0.0, math.inf, low_open=True)
     _in_range(self, "cool", 0.0, 1.0, low_open=True)
     _in_range(self, "warm", 1.0, math.inf)

@@ -3,10 +3,16 @@
 Each optimizer is wrapped in `optax.inject_hyperparams`, so its hyperparameters
 live in the optimizer state as arrays: a sweep passes them as traced (vmapped)
 values and compiles once, and a reset of the optimizer state keeps them.
+
+Every optimizer also takes `l2`, the coupled L2 penalty of PyTorch's
+`weight_decay` argument (and of the paper's L2 arm): `l2 * params` is added to
+the gradient before the optimizer sees it, so Adam normalizes it like the rest
+of the gradient. AdamW's `weight_decay` is the decoupled kind, applied after.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Mapping
 
 import jax.numpy as jnp
@@ -14,12 +20,29 @@ import optax
 
 from trainability.config import ConfigError
 
-# Optimizer name -> (optax factory, {hyperparameter: Config field}).
+
+def _with_coupled_l2(factory):
+  """factory(**kw) preceded by `l2 * params` added to the gradient."""
+
+  def make(l2=0.0, **hyperparams):
+    return optax.chain(optax.add_decayed_weights(l2), factory(**hyperparams))
+
+  # inject_hyperparams reads the signature to see which arguments are numeric.
+  own = inspect.signature(factory).parameters.values()
+  l2 = inspect.Parameter("l2", inspect.Parameter.KEYWORD_ONLY, default=0.0)
+  make.__signature__ = inspect.Signature(
+      [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + [l2])
+  return make
+
+
+_ADAM = {"learning_rate": "lr", "b1": "b1", "b2": "b2", "eps": "eps", "l2": "l2"}
+
+# Optimizer name -> (factory, {hyperparameter: Config field}).
 OPTIMIZERS = {
-    "adam": (optax.adam, {"learning_rate": "lr", "b1": "b1", "b2": "b2", "eps": "eps"}),
-    "adamw": (optax.adamw, {"learning_rate": "lr", "b1": "b1", "b2": "b2", "eps": "eps",
-                            "weight_decay": "weight_decay"}),
-    "sgd": (optax.sgd, {"learning_rate": "lr", "momentum": "momentum"}),
+    "adam": (_with_coupled_l2(optax.adam), _ADAM),
+    "adamw": (_with_coupled_l2(optax.adamw), {**_ADAM, "weight_decay": "weight_decay"}),
+    "sgd": (_with_coupled_l2(optax.sgd), {"learning_rate": "lr", "momentum": "momentum",
+                                          "l2": "l2"}),
 }
 
 
