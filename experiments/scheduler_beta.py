@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import time
 
-import jax
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from trainability import Config, devices, make_trainer, results, seed_keys
+import arms
+from trainability import Config, devices, results
 
 
 def main(argv=None):
@@ -43,7 +42,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   devices.use_cpu_cores()
   base = Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds)
-  arms = [("adam", base)] + [
+  runs = [("adam", base)] + [
       (f"beta {float(b):g}", base.replace(scheduler="noise_curvature", beta=float(b),
                                           cool=args.cool))
       for b in args.betas.split(",")]
@@ -52,28 +51,13 @@ def main(argv=None):
   curves, lrs = {}, {}
   with open(table, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["arm", "seed", "task", "online_accuracy", "final_accuracy", "rho_hat",
-                     "lr_multiplier_per_layer"])
-    for name, config in arms:
-      trainer = make_trainer(config)
-      started = time.time()
-      metrics = jax.jit(jax.vmap(trainer.train))(devices.shard_seeds(seed_keys(config)))
-      online = np.asarray(metrics.online_accuracy)
-      curves[name] = online.mean(0)
-      rho = multipliers = None
-      if metrics.checks is not None:
-        rho = np.asarray(metrics.checks.crossed).any(-1).mean(-1)
-        multipliers = np.asarray(metrics.checks.multiplier)[:, :, -1, :]  # task ends
-        lrs[name] = multipliers.mean(0)
-      for s in range(config.seeds):
-        for t in range(config.tasks):
-          writer.writerow([
-              name, s, t, f"{online[s, t]:.4f}", f"{float(metrics.final_accuracy[s, t]):.4f}",
-              "" if rho is None else f"{rho[s, t]:.3f}",
-              "" if multipliers is None else " ".join(f"{m:.4g}" for m in multipliers[s, t])])
+    writer.writerow(arms.HEADER)
+    for name, config in runs:
+      arm = arms.run(name, config, writer)
       f.flush()
-      print(f"{name:>12} ({time.time() - started:5.1f} s): "
-            + " ".join(f"{v:.2f}" for v in curves[name]), flush=True)
+      curves[name] = arm.online.mean(0)
+      if arm.multipliers is not None:
+        lrs[name] = arm.multipliers[:, :, -1, :].mean(0)  # at task ends
 
   fig = Figure(figsize=(11, 3.8), dpi=120)
   left, right = fig.subplots(1, 2)

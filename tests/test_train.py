@@ -180,3 +180,9 @@ def test_a_scheduler_that_never_fires_leaves_training_unchanged(tiny_config):
   for name in ("online_accuracy", "loss", "final_accuracy"):
     np.testing.assert_allclose(np.asarray(getattr(scheduled, name)), plain[name],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_scheduler_that_could_never_check_is_refused(tiny_config):
+  config = tiny_config.replace(scheduler="noise_curvature", check_every=10_000)
+  with pytest.raises(ConfigError, match="check_every: 10000 is more than the"):
+    make_trainer(config)

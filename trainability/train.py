@@ -105,6 +105,11 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   reset_optimizer = config.reset in ("optimizer", "both")
   steps_per_task = config.epochs * steps_per_epoch
   scheduled = config.scheduler == "noise_curvature"
+  if scheduled and config.check_every > steps_per_task:
+    raise ConfigError(
+        f"check_every: {config.check_every} is more than the {steps_per_task} steps of a task "
+        f"(epochs x (examples // batch_size)), so the scheduler would never check; "
+        f"give check_every <= {steps_per_task} or more epochs")
 
   def make_tx(hparams):
     tx = optim.make_optimizer(config.optimizer, hparams)

@@ -1,0 +1,49 @@
+"""Shared by the experiment scripts: train one arm (a Config) and write its rows.
+
+An arm is one Config run for all its seeds in one compiled program
+(`jax.jit(jax.vmap(train))`, seeds split over the CPU cores). Its rows go to
+the table CSV as soon as it finishes, so an interrupted sweep keeps the arms
+that are done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from trainability import Config, devices, make_trainer, seed_keys
+
+HEADER = ["arm", "seed", "task", "online_accuracy", "final_accuracy", "rho_hat",
+          "lr_multiplier_per_layer"]
+
+
+class Arm(NamedTuple):
+  online: np.ndarray            # (seeds, tasks) average online accuracy
+  multipliers: np.ndarray | None  # (seeds, tasks, checks, layers), scheduled arms only
+  metrics: object               # the TaskMetrics
+  layer_names: tuple
+
+
+def run(name: str, config: Config, writer) -> Arm:
+  """Trains `config`'s seeds, writes one row per seed x task, prints a summary line."""
+  trainer = make_trainer(config)
+  started = time.time()
+  metrics = jax.jit(jax.vmap(trainer.train))(devices.shard_seeds(seed_keys(config)))
+  online = np.asarray(metrics.online_accuracy)
+  final = np.asarray(metrics.final_accuracy)
+  rho = multipliers = None
+  if metrics.checks is not None:
+    rho = np.asarray(metrics.checks.crossed).any(-1).mean(-1)
+    multipliers = np.asarray(metrics.checks.multiplier)
+  for s in range(config.seeds):
+    for t in range(config.tasks):
+      writer.writerow([
+          name, s, t, f"{online[s, t]:.4f}", f"{final[s, t]:.4f}",
+          "" if rho is None else f"{rho[s, t]:.3f}",
+          "" if multipliers is None else " ".join(f"{m:.4g}" for m in multipliers[s, t, -1])])
+  print(f"{name:>16} ({time.time() - started:5.1f} s): "
+        + " ".join(f"{v:.2f}" for v in online.mean(0)), flush=True)
+  return Arm(online, multipliers, metrics, trainer.layer_names)

@@ -1,0 +1,78 @@
+"""Smoke tests of the experiment scripts: tiny runs write their table and figures."""
+
+import csv
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+from trainability import Config
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+TINY = ["--tasks", "2", "--epochs", "4", "--seeds", "2"]  # 80 steps per task: 2 checks
+
+
+def _load(name, monkeypatch):
+  monkeypatch.syspath_prepend(str(EXPERIMENTS))  # the scripts import experiments/arms.py
+  spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, module)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_scheduler_arms_writes_table_and_paper_figures(tmp_path, monkeypatch, capsys):
+  script = _load("scheduler_arms", monkeypatch)
+  script.main(TINY + ["--bases", "adam,l2", "--schedulers", "none,tuned",
+                      "--steps-arm", "l2 + tuned", "--out", str(tmp_path), "--name", "t"])
+  rows = _rows(tmp_path / "t.csv")
+  assert [r["arm"] for r in rows[::4]] == ["adam", "adam + tuned", "l2", "l2 + tuned"]
+  assert len(rows) == 4 * 2 * 2  # arms x seeds x tasks
+  for r in rows:
+    assert 0.0 <= float(r["online_accuracy"]) <= 1.0
+    scheduled = r["arm"].endswith("tuned")
+    assert (r["rho_hat"] != "") == scheduled
+    assert len(r["lr_multiplier_per_layer"].split()) == (3 if scheduled else 0)
+  for suffix in ("", "_lr", "_steps"):
+    assert (tmp_path / f"t{suffix}.png").stat().st_size > 10_000
+  assert "wrote" in capsys.readouterr().out
+
+
+def test_scheduler_arms_configs_are_the_paper_arms(monkeypatch):
+  script = _load("scheduler_arms", monkeypatch)
+  runs = script.arm_configs(Config(), ["l2", "crelu"], ["none", "paper", "tuned"], 1e5, 0.9,
+                             0.1)
+  by_name = {name: config for name, _, _, config in runs}
+  assert list(by_name) == ["l2", "l2 + paper", "l2 + tuned", "crelu", "crelu + paper",
+                           "crelu + tuned"]
+  assert by_name["l2"].l2 == 1e-3 and by_name["l2"].scheduler == "none"
+  assert (by_name["l2 + paper"].beta, by_name["l2 + paper"].cool) == (1.0, 0.99)
+  assert (by_name["l2 + paper"].warm_fraction, by_name["crelu + tuned"].warm_fraction) == (0.3, 0.1)
+  assert (by_name["crelu + tuned"].beta, by_name["crelu + tuned"].cool) == (1e5, 0.9)
+  assert by_name["crelu + tuned"].activation == "crelu"
+  assert by_name["crelu + tuned"].scheduler == "noise_curvature"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bases", "adam,l1"], "--bases: 'l1' is not accepted; choose from adam, l2, crelu"),
+    (["--schedulers", "fast"], "--schedulers: 'fast' is not accepted"),
+    (["--steps-arm", "adam"], "--steps-arm: 'adam' is not accepted"),
+])
+def test_scheduler_arms_bad_flags_are_one_line_errors(argv, message, monkeypatch, tmp_path):
+  script = _load("scheduler_arms", monkeypatch)
+  with pytest.raises(SystemExit, match=message):
+    script.main(TINY + argv + ["--out", str(tmp_path)])
+
+
+def test_scheduler_beta_writes_one_arm_per_beta(tmp_path, monkeypatch):
+  script = _load("scheduler_beta", monkeypatch)
+  script.main(TINY + ["--betas", "1,1e5", "--out", str(tmp_path), "--name", "b"])
+  rows = _rows(tmp_path / "b.csv")
+  assert sorted({r["arm"] for r in rows}) == ["adam", "beta 1", "beta 100000"]
+  assert (tmp_path / "b.png").exists()
