@@ -134,3 +134,29 @@ def test_max_pool_2x2_equals_flax_max_pool_with_odd_sizes():
 
   x = jax.random.normal(KEY, (2, 7, 9, 3))
   np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize("changes, shapes", [
+    ({}, {"hidden_0": ((5, 16), (5, 16)), "hidden_1": ((5, 16), (5, 16))}),
+    ({"activation": "crelu"}, {"hidden_0": ((5, 16), (5, 32)), "hidden_1": ((5, 16), (5, 32))}),
+    ({"norm": "layernorm", "depth": 1}, {"hidden_0": ((5, 16), (5, 16))}),
+    ({"model": "cnn", "channels": (4,)}, {"conv_0": ((5, 8, 8, 4), (5, 8, 8, 4)),
+                                          "hidden_0": ((5, 16), (5, 16))}),
+])
+def test_features_are_each_hidden_layers_pre_and_post_activation(changes, shapes):
+  config = Config(width=16, **changes)
+  model = models.make_model(config, (8, 8, 1), 10)
+  params, state = model.init(jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
+  feats = model.features(params, state, x)
+  assert {k: (f.pre.shape, f.post.shape) for k, f in feats.items()} == shapes
+  # Independently: the first layer's pre-activation from its own parameters.
+  if config.model == "mlp":
+    first = params["hidden_0"]["dense"]
+    pre = x.reshape(5, -1) @ first["kernel"] + first["bias"]
+    if config.norm == "layernorm":
+      pre = (pre - pre.mean(-1, keepdims=True)) / jnp.sqrt(pre.var(-1, keepdims=True) + 1e-6)
+      pre = pre * params["hidden_0"]["norm"]["scale"] + params["hidden_0"]["norm"]["bias"]
+    np.testing.assert_allclose(feats["hidden_0"].pre, pre, rtol=1e-4, atol=1e-5)
+    act = models.activation_fn(config.activation)
+    np.testing.assert_allclose(feats["hidden_0"].post, act(pre), rtol=1e-4, atol=1e-5)

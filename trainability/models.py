@@ -24,9 +24,19 @@ import jax.numpy as jnp
 Params = Any
 
 
+class Features(NamedTuple):
+  """One hidden layer's features on a batch, (B, ..., units) each."""
+
+  pre: jax.Array   # pre-activation: after the dense/conv layer and its norm layer
+  post: jax.Array  # activation output (CReLU: twice the units of `pre`)
+
+
 class Model(NamedTuple):
   """A pure model. `apply(params, state, x, train)` returns (logits, new_state).
 
+  `features(params, state, x)` returns {hidden layer: Features} (eval mode),
+  for the feature indicators (unit-sign entropy, dormant units, feature rank);
+  None for a model built with `from_module` alone.
   `dense_inputs(params, state, x)`, for models made only of dense layers (an
   MLP without norm layers; None otherwise), returns {layer: (B, fan_in)
   input of that layer's kernel}, for per-example gradient norms without
@@ -36,6 +46,7 @@ class Model(NamedTuple):
   init: Callable[[jax.Array], tuple[Params, dict]]
   apply: Callable[..., tuple[jax.Array, dict]]
   dense_inputs: Callable[..., dict] | None = None
+  features: Callable[..., dict] | None = None
 
 
 def activation_fn(name: str, leaky_slope: float = 0.01) -> Callable[[jax.Array], jax.Array]:
@@ -169,26 +180,36 @@ def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
                 leaky_slope=config.leaky_slope, norm=config.norm, init_scheme=config.init)
   if config.model == "mlp":
     module = Network(widths=(config.width,) * config.depth, **common)
-    if config.norm == "none":
-      return _with_dense_inputs(from_module(module, input_shape), module, config.depth)
+    hidden = [f"hidden_{i}" for i in range(config.depth)]
   elif config.model == "cnn":
     module = Network(widths=(config.width,), channels=tuple(config.channels), **common)
+    hidden = [f"conv_{i}" for i in range(len(config.channels))] + ["hidden_0"]
   else:
     raise ValueError(f"model: {config.model!r} is not accepted; choose one of mlp, cnn")
-  return from_module(module, input_shape)
+  model = from_module(module, input_shape)
 
+  def captured(params, state, x):
+    _, found = module.apply({"params": params, **state}, x, train=False,
+                            capture_intermediates=True, mutable=["intermediates"])
+    return found["intermediates"]
 
-def _with_dense_inputs(model: Model, module: nn.Module, depth: int) -> Model:
-  names = [f"hidden_{i}" for i in range(depth)]
+  def features(params, state, x):
+    blocks, out = captured(params, state, x), {}
+    for name in hidden:
+      layer = blocks[name]
+      inner = "norm" if "norm" in layer else ("conv" if "conv" in layer else "dense")
+      out[name] = Features(layer[inner]["__call__"][0], layer["__call__"][0])
+    return out
 
-  def dense_inputs(params, state, x):
-    _, captured = module.apply({"params": params, **state}, x, train=False,
-                               capture_intermediates=True, mutable=["intermediates"])
-    outputs = [captured["intermediates"][n]["__call__"][0] for n in names]
-    inputs = [x.reshape(x.shape[0], -1)] + outputs
-    return dict(zip(names + ["output"], inputs))
+  model = model._replace(features=features)
+  if config.model == "mlp" and config.norm == "none":
+    def dense_inputs(params, state, x):
+      blocks = captured(params, state, x)
+      outputs = [blocks[n]["__call__"][0] for n in hidden]
+      return dict(zip(hidden + ["output"], [x.reshape(x.shape[0], -1)] + outputs))
 
-  return model._replace(dense_inputs=dense_inputs)
+    model = model._replace(dense_inputs=dense_inputs)
+  return model
 
 
 def from_module(module: nn.Module, input_shape: Sequence[int]) -> Model:
