@@ -1,0 +1,197 @@
+"""Each indicator against an independent computation on a case built for it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trainability import estimators, indicators
+
+
+def _with_spectrum(singular, shape, seed=0):
+  """A matrix of `shape` whose singular values are `singular` (padded with 0)."""
+  rng = np.random.default_rng(seed)
+  u, _ = np.linalg.qr(rng.normal(size=(shape[0], shape[0])))
+  v, _ = np.linalg.qr(rng.normal(size=(shape[1], shape[1])))
+  s = np.zeros(shape)
+  s[np.arange(len(singular)), np.arange(len(singular))] = singular
+  return jnp.asarray(u @ s @ v.T, jnp.float32)
+
+
+@pytest.mark.parametrize("singular, delta, expected", [
+    ([1.0, 1.0, 1.0, 1.0], 0.01, 4),
+    ([5.0, 3.0, 2.0], 0.01, 3),
+    ([90.0, 9.0, 1.0], 0.01, 2),    # the top two hold exactly 99%
+    ([90.0, 9.0, 1.0], 0.2, 1),
+    ([1.0] + [0.0] * 5, 0.01, 1),
+])
+def test_srank_of_known_spectra(singular, delta, expected):
+  features = _with_spectrum(singular, (12, 8))
+  assert int(indicators.srank(features, delta)) == expected
+
+
+def test_effective_rank_of_known_spectra():
+  assert float(indicators.effective_rank(_with_spectrum([2.0] * 5, (10, 6)))) == \
+      pytest.approx(5.0, rel=1e-4)
+  s = np.array([3.0, 1.0])
+  p = s / s.sum()
+  expected = np.exp(-(p * np.log(p)).sum())
+  assert float(indicators.effective_rank(_with_spectrum(s, (6, 4)))) == \
+      pytest.approx(expected, rel=1e-4)
+  assert float(indicators.effective_rank(jnp.zeros((5, 3)))) == 0.0
+  assert int(indicators.srank(jnp.zeros((5, 3)))) == 0
+
+
+def test_feature_indicators_treat_leading_axes_as_examples():
+  x = jax.random.normal(jax.random.key(0), (4, 3, 3, 5))
+  assert float(indicators.effective_rank(x)) == \
+      pytest.approx(float(indicators.effective_rank(x.reshape(36, 5))), rel=1e-5)
+
+
+def test_unit_sign_entropy_of_hand_made_activations():
+  # Unit 0 positive on half the examples (1 bit), unit 1 always positive (0),
+  # unit 2 positive on a quarter (H(1/4) = 0.8113 bits), unit 3 never (0).
+  pre = jnp.array([[1.0, 2.0, 3.0, -1.0],
+                   [-1.0, 1.0, -1.0, 0.0],
+                   [2.0, 1.0, -2.0, -3.0],
+                   [-2.0, 5.0, -0.5, -1.0]])
+  h = -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))
+  assert float(indicators.unit_sign_entropy(pre)) == pytest.approx((1.0 + h) / 4, rel=1e-5)
+
+
+def test_dormant_fraction_of_hand_made_activations():
+  # Mean |h| per unit: 2, 0, 1, 0.1 -> mean 0.775; scores 2.58, 0, 1.29, 0.129.
+  post = jnp.array([[2.0, 0.0, 1.0, 0.1], [2.0, 0.0, 1.0, 0.1]])
+  assert float(indicators.dormant_fraction(post, 0.0)) == pytest.approx(0.25)
+  assert float(indicators.dormant_fraction(post, 0.13)) == pytest.approx(0.5)
+  assert float(indicators.dormant_fraction(post, 1.3)) == pytest.approx(0.75)
+  assert float(indicators.dormant_fraction(jnp.zeros((3, 4)), 0.0)) == 1.0
+
+
+def _layered(seed=0):
+  k = jax.random.split(jax.random.key(seed), 4)
+  return {"a": {"kernel": jax.random.normal(k[0], (3, 4)), "bias": jax.random.normal(k[1], (4,))},
+          "b": {"kernel": jax.random.normal(k[2], (4, 2)), "bias": jax.random.normal(k[3], (2,))}}
+
+
+def test_norms_and_gradient_to_parameter_ratio_per_layer():
+  params, grads = _layered(0), _layered(1)
+  layers = estimators.layers_of(params)
+  flat = lambda t, name: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t[name])])
+  got = indicators.norms(layers, params)
+  ratio = indicators.ratio_of_means(layers, grads, params)
+  for i, name in enumerate(layers.names):
+    assert float(got[i]) == pytest.approx(np.linalg.norm(flat(params, name)), rel=1e-5)
+    expected = np.abs(flat(grads, name)).mean() / np.abs(flat(params, name)).mean()
+    assert float(ratio[i]) == pytest.approx(expected, rel=1e-5)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  assert np.all(np.asarray(indicators.ratio_of_means(layers, grads, zero)) == estimators.UNBOUNDED)
+
+
+def _tiny_net_loss(seed=0, n=12):
+  """A small tanh net's mean squared error, and its params."""
+  k = jax.random.split(jax.random.key(seed), 4)
+  params = {"h": {"kernel": 0.7 * jax.random.normal(k[0], (3, 4)), "bias": jnp.zeros(4)},
+            "o": {"kernel": 0.7 * jax.random.normal(k[1], (4, 1)), "bias": jnp.zeros(1)}}
+  x, y = jax.random.normal(k[2], (n, 3)), jax.random.normal(k[3], (n, 1))
+
+  def example_loss(p, example):
+    xi, yi = example
+    out = jnp.tanh(xi @ p["h"]["kernel"] + p["h"]["bias"]) @ p["o"]["kernel"] + p["o"]["bias"]
+    return jnp.sum((out - yi) ** 2)
+
+  loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, (x, y)))
+  return loss, example_loss, params, (x, y)
+
+
+def _dense_eigenvalues(loss, params):
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  return np.linalg.eigvalsh(np.asarray(jax.hessian(lambda v: loss(unravel(v)))(flat)))
+
+
+def test_sharpness_matches_the_dense_hessian():
+  loss, _, params, _ = _tiny_net_loss()
+  eig = _dense_eigenvalues(loss, params)
+  top = eig[np.argmax(np.abs(eig))]
+  start = jax.tree.map(jnp.ones_like, params)
+  got = jax.jit(lambda p, s: indicators.sharpness(loss, p, s, 300).values)(params, start)
+  assert got.shape == (1,)
+  assert float(got[0]) == pytest.approx(top, rel=1e-3)
+
+
+def test_lanczos_top_eigenvalues_match_the_dense_hessian():
+  loss, _, params, _ = _tiny_net_loss()
+  eig = np.sort(_dense_eigenvalues(loss, params))[::-1]
+  d = eig.size  # 21 parameters: d Lanczos steps are exact
+  got = jax.jit(lambda p: indicators.top_eigenvalues(loss, p, 3, d, jax.random.key(1)))(params)
+  np.testing.assert_allclose(np.asarray(got), eig[:3], rtol=1e-3, atol=1e-4)
+  few = indicators.top_eigenvalues(loss, params, 1, 10, jax.random.key(1))
+  assert float(few[0]) == pytest.approx(eig[0], rel=1e-2)  # extreme values converge first
+  with pytest.raises(ValueError, match="k: 5 is not accepted"):
+    indicators.top_eigenvalues(loss, params, 5, 4, jax.random.key(1))
+
+
+def test_hutchinson_trace_is_exact_for_a_diagonal_hessian_and_close_otherwise():
+  scale = {"a": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([[0.5, -4.0]])}
+  quadratic = lambda p: 0.5 * sum(jnp.sum(s * x**2) for s, x in
+                                  zip(jax.tree.leaves(scale), jax.tree.leaves(p)))
+  params = jax.tree.map(jnp.ones_like, scale)
+  layers = estimators.layers_of(params)
+  trace = indicators.hessian_trace(quadratic, params, layers, 1, jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(trace.per_layer), [6.0, -3.5], rtol=1e-6)
+  assert float(trace.total) == pytest.approx(2.5)
+  loss, _, params, _ = _tiny_net_loss()
+  exact = _dense_eigenvalues(loss, params).sum()
+  estimate = indicators.hessian_trace(loss, params, estimators.layers_of(params), 4000,
+                                      jax.random.key(2))
+  assert float(estimate.total) == pytest.approx(exact, rel=0.05)
+  assert float(estimate.total) == pytest.approx(float(estimate.per_layer.sum()), rel=1e-5)
+
+
+def _low_rank_regression(rank, n=16, d=8, seed=0):
+  """Least squares whose inputs span `rank` orthonormal directions, equal residuals."""
+  rng = np.random.default_rng(seed)
+  basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+  x = np.stack([basis[:, i % rank] for i in range(n)]).astype(np.float32)
+  w = np.zeros(d, np.float32)
+  y = -np.ones(n, np.float32)  # residual w.x - y = 1 for every example
+
+  def example_loss(p, example):
+    xi, yi = example
+    return 0.5 * (jnp.dot(p["w"], xi) - yi) ** 2
+
+  loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, (x, y)))
+  return loss, example_loss, {"w": jnp.asarray(w)}, (jnp.asarray(x), jnp.asarray(y))
+
+
+@pytest.mark.parametrize("rank", [1, 3, 5])
+def test_hessian_rank_proxy_and_exact_rank_on_a_problem_of_known_rank(rank):
+  loss, example_loss, params, batch = _low_rank_regression(rank)
+  grads = estimators.per_example_gradients(example_loss, params, batch)  # (16, 8)
+  assert float(indicators.hessian_rank_proxy(grads)) == pytest.approx(rank / 16)
+  assert float(indicators.hessian_rank_proxy(grads["w"])) == pytest.approx(rank / 16)
+  exact = indicators.exact_hessian_rank(loss, params)
+  assert int(exact.numerical) == rank and exact.size == 8
+  assert float(exact.fraction) == pytest.approx(rank / 8)
+
+
+def test_indicators_run_under_jit_and_vmap_over_seeds():
+  loss, example_loss, params, batch = _tiny_net_loss()
+  layers = estimators.layers_of(params)
+
+  def all_of(key):
+    p = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(key, x.shape), params)
+    h = jnp.tanh(batch[0] @ p["h"]["kernel"])
+    grads = estimators.per_example_gradients(example_loss, p, batch)
+    return jnp.concatenate([
+        jnp.stack([indicators.unit_sign_entropy(h), indicators.dormant_fraction(h, 0.1),
+                   indicators.srank(h).astype(jnp.float32), indicators.effective_rank(h),
+                   indicators.hessian_rank_proxy(grads)]),
+        indicators.norms(layers, p), indicators.ratio_of_means(layers, p, p),
+        indicators.sharpness(loss, p, p, 3).values,
+        indicators.top_eigenvalues(loss, p, 2, 5, key),
+        indicators.hessian_trace(loss, p, layers, 2, key).per_layer])
+
+  out = jax.jit(jax.vmap(all_of))(jax.random.split(jax.random.key(0), 3))
+  assert out.shape == (3, 5 + 2 + 2 + 1 + 2 + 2)
+  assert np.all(np.isfinite(np.asarray(out)))
