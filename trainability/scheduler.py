@@ -193,68 +193,116 @@ def noise_curvature_scheduler(
 
   def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
              gradient_noise):
-    key, power_key = jax.random.split(state.key)
-    if gradient_noise is None:
-      noise = estimators.gradient_noise(example_loss, params, batch, layers, mean_grads=grads)
-    else:
-      noise = gradient_noise(params, grads)
-    mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
-    eigen = estimators.power_iteration(mean_loss, params, layers, state.eigenvectors,
-                                       power_iterations, key=power_key)
-    alpha, alpha_agg = _effective_step(layers, state, grads, scaled)
-    lam = eigen.values
-    lam_bar = jnp.maximum(lam * alpha_agg, 0.0)  # negative curvature adds no instability
-    newest = state.checks % window
-    window_values = state.window.at[newest].set(lam_bar)
-    filled = jnp.minimum(state.checks + 1, window)
-    stats = window_statistics(window_values, filled, newest, variance)
-    thresholds = combined_threshold(noise, stats.vol, beta, kappa)
+    key, measure_key = jax.random.split(state.key)
+    kind = effective_step
+    if kind == "auto":
+      kind = "adam" if _find(state.inner, optax.ScaleByAdamState) is not None else "generic"
+    step, agg = layer_step(kind, layers, state.inner, state.count, state.multiplier, grads,
+                           scaled, learning_rate, momentum)
+    signals, m = observe(
+        Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
+        example_loss, batch, step, agg, measure_key, beta=beta, kappa=kappa,
+        variance=variance, power_iterations=power_iterations, gradient_noise=gradient_noise)
     in_warm_window = (
         jnp.bool_(False) if task_step is None or steps_per_task is None
         else jnp.asarray(task_step) < warm_fraction * steps_per_task)
-    decision = decide(alpha, thresholds.alpha_tilde, safety, floor, in_warm_window,
-                      ready=filled >= 2)
+    decision = decide(step, m.alpha_tilde, safety, floor, in_warm_window,
+                      ready=signals.checks >= 2)
     factor = jnp.where(decision.cool, cool, jnp.where(decision.warm, warm, 1.0))
     multiplier = state.multiplier * factor
-    last = Check(
-        step=jnp.asarray(at, jnp.int32), alpha=alpha * factor, alpha_g=thresholds.alpha_g,
-        alpha_vol=thresholds.alpha_vol, alpha_tilde=thresholds.alpha_tilde, lam=lam,
-        lam_bar=lam_bar, mu=stats.mu, vol=stats.vol, sigma2=noise.sigma2,
-        grad_sq=noise.grad_sq, multiplier=multiplier, crossed=alpha > thresholds.alpha_tilde,
-        cooled=decision.cool, warmed=decision.warm)
-    return state._replace(multiplier=multiplier, eigenvectors=eigen.vectors,
-                          window=window_values, checks=state.checks + 1, key=key, last=last)
-
-  def _effective_step(layers, state, grads, scaled):
-    """(alpha (G,), alpha_agg (G,)): the step, and the sharpness normaliser."""
-    kind = effective_step
-    adam = _find(state.inner, optax.ScaleByAdamState)
-    if kind == "auto":
-      kind = "adam" if adam is not None else "generic"
-    hyper = _find(state.inner, _INJECTED_STATES)
-    hparams = {} if hyper is None else hyper.hyperparams
-    eta = hparams.get("learning_rate", learning_rate)
-    if kind in ("adam", "adam_elementwise", "sgd") and eta is None:
-      raise ValueError(
-          f"learning_rate: effective_step {kind!r} needs the inner optimizer's learning "
-          "rate; pass learning_rate= or wrap the optimizer in optax.inject_hyperparams")
-    if kind in ("adam", "adam_elementwise"):
-      if adam is None:
-        raise ValueError(f"effective_step: {kind!r} needs an Adam-like inner optimizer")
-      b1, b2 = hparams.get("b1", 0.9), hparams.get("b2", 0.999)
-      eps = hparams.get("eps", 1e-8)
-      return adam_effective_step(layers, adam.nu, adam.count, eta * state.multiplier,
-                                 b1, b2, eps, elementwise=kind == "adam_elementwise")
-    if kind == "sgd":
-      m = hparams.get("momentum", momentum)
-      m = 0.0 if m is None else m
-      t = state.count.astype(jnp.float32)
-      step = eta * state.multiplier * jnp.where(m > 0, (1 - m**t) / (1 - m + 1e-12), 1.0)
-      return step, jnp.ones_like(step)
-    step = generic_effective_step(layers, grads, scaled)
-    return step, jnp.ones_like(step)
+    last = m._replace(step=jnp.asarray(at, jnp.int32), alpha=step * factor,
+                      multiplier=multiplier, cooled=decision.cool, warmed=decision.warm)
+    return state._replace(multiplier=multiplier, eigenvectors=signals.eigenvectors,
+                          window=signals.window, checks=signals.checks, key=key, last=last)
 
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+
+class Signals(NamedTuple):
+  """What the noise-curvature signals carry from one observation to the next."""
+
+  window: jax.Array        # (W, G) ring buffer of lam_bar; observation c writes row c % W
+  eigenvectors: Any        # params-shaped, unit per layer: warm start of power iteration
+  checks: jax.Array        # observations so far
+
+
+def init_signals(params, layers: estimators.Layers, window: int, key) -> Signals:
+  return Signals(jnp.zeros((window, layers.count), jnp.float32),
+                 estimators.random_unit_vectors(key, params, layers), jnp.zeros((), jnp.int32))
+
+
+def observe(signals: Signals, layers, params, grads, example_loss, batch, step, agg, key, *,
+            beta, kappa=1.0, variance="windowed", power_iterations=1,
+            gradient_noise=None) -> tuple[Signals, Check]:
+  """One observation of every per-layer noise-curvature quantity (no decision).
+
+  `step`, `agg`: (G,) the layers' effective steps and sharpness normalisers
+  (`layer_step`). Measures sigma2_ps and ||g||^2 (per-example gradients of
+  `example_loss` on `batch`, or the `gradient_noise(params, grads)`
+  callback), each layer's top Hessian-block eigenvalue (warm-started power
+  iteration), puts lam_bar in the window and forms Vol and the thresholds.
+  The returned Check has step 0, multiplier 1 and no cool/warm decision; the
+  scheduler fills those in. Shared with the diagnostics (`indicators`).
+  """
+  if gradient_noise is None:
+    noise = estimators.gradient_noise(example_loss, params, batch, layers, mean_grads=grads)
+  else:
+    noise = gradient_noise(params, grads)
+  mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
+  eigen = estimators.power_iteration(mean_loss, params, layers, signals.eigenvectors,
+                                     power_iterations, key=key)
+  lam = eigen.values
+  lam_bar = jnp.maximum(lam * agg, 0.0)  # negative curvature adds no instability
+  size = signals.window.shape[0]
+  newest = signals.checks % size
+  window = signals.window.at[newest].set(lam_bar)
+  filled = jnp.minimum(signals.checks + 1, size)
+  stats = window_statistics(window, filled, newest, variance)
+  thresholds = combined_threshold(noise, stats.vol, beta, kappa)
+  no = jnp.zeros((layers.count,), bool)
+  check = Check(
+      step=jnp.zeros((), jnp.int32), alpha=step, alpha_g=thresholds.alpha_g,
+      alpha_vol=thresholds.alpha_vol, alpha_tilde=thresholds.alpha_tilde, lam=lam,
+      lam_bar=lam_bar, mu=stats.mu, vol=stats.vol, sigma2=noise.sigma2,
+      grad_sq=noise.grad_sq, multiplier=jnp.ones((layers.count,), jnp.float32),
+      crossed=step > thresholds.alpha_tilde, cooled=no, warmed=no)
+  return Signals(window, eigen.vectors, signals.checks + 1), check
+
+
+def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
+               learning_rate=None, momentum=None):
+  """(alpha (G,), alpha_agg (G,)): each layer's effective step, and the sharpness normaliser.
+
+  kind: "adam", "adam_elementwise" (read from the Adam moments in
+  `opt_state`), "sgd" (eta (1 - m^t) / (1 - m), t = `count`) or "generic"
+  (-<u, g> / ||g||^2 of the final `updates`). eta is the learning rate in an
+  `optax.inject_hyperparams` state, else `learning_rate`, times `multiplier`.
+  alpha_agg is 1 except for Adam.
+  """
+  hyper = _find(opt_state, _INJECTED_STATES)
+  hparams = {} if hyper is None else hyper.hyperparams
+  eta = hparams.get("learning_rate", learning_rate)
+  if kind in ("adam", "adam_elementwise", "sgd") and eta is None:
+    raise ValueError(
+        f"learning_rate: effective_step {kind!r} needs the inner optimizer's learning "
+        "rate; pass learning_rate= or wrap the optimizer in optax.inject_hyperparams")
+  if kind in ("adam", "adam_elementwise"):
+    adam = _find(opt_state, optax.ScaleByAdamState)
+    if adam is None:
+      raise ValueError(f"effective_step: {kind!r} needs an Adam-like inner optimizer")
+    b1, b2 = hparams.get("b1", 0.9), hparams.get("b2", 0.999)
+    eps = hparams.get("eps", 1e-8)
+    return adam_effective_step(layers, adam.nu, adam.count, eta * multiplier,
+                               b1, b2, eps, elementwise=kind == "adam_elementwise")
+  if kind == "sgd":
+    m = hparams.get("momentum", momentum)
+    m = 0.0 if m is None else m
+    t = jnp.asarray(count, jnp.float32)
+    step = eta * multiplier * jnp.where(m > 0, (1 - m**t) / (1 - m + 1e-12), 1.0)
+    return step, jnp.ones_like(step)
+  step = generic_effective_step(layers, grads, updates)
+  return step, jnp.ones_like(step)
 
 
 def _scale(layers, updates, multiplier):
@@ -367,6 +415,7 @@ def decide(alpha, alpha_tilde, safety, floor, in_warm_window, ready=True) -> Dec
 
 __all__ = [
     "STATIC_ARGS", "Check", "NoiseCurvatureState", "noise_curvature_scheduler", "adam_effective_step",
+    "Signals", "init_signals", "observe", "layer_step",
     "generic_effective_step", "window_statistics", "combined_threshold", "decide",
     "UNBOUNDED",
 ]
