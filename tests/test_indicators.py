@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from trainability import estimators, indicators
@@ -195,3 +196,97 @@ def test_indicators_run_under_jit_and_vmap_over_seeds():
   out = jax.jit(jax.vmap(all_of))(jax.random.split(jax.random.key(0), 3))
   assert out.shape == (3, 5 + 2 + 2 + 1 + 2 + 2)
   assert np.all(np.isfinite(np.asarray(out)))
+
+
+# --- The suite: every indicator of a model at once ----------------------------
+
+def _small_model(**changes):
+  from trainability import Config, models
+  config = Config(**{"width": 12, "depth": 2, **changes})
+  model = models.make_model(config, (8, 8, 1), 10)
+  params, state = model.init(jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (24, 8, 8, 1))
+  y = jax.random.randint(jax.random.key(2), (24,), 0, 10)
+
+  def example_loss(p, model_state, example):
+    xi, yi = example
+    logits, _ = model.apply(p, model_state, xi[None])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+
+  return model, example_loss, params, state, (x, y)
+
+
+def test_suite_columns_and_values_agree_with_the_single_functions():
+  model, example_loss, params, state, batch = _small_model()
+  suite = indicators.make_suite(model, example_loss, batch[0])
+  assert suite.names == indicators.NAMES
+  assert suite.labels["weight_norm"] == ("network", "hidden_0", "hidden_1", "output")
+  assert suite.labels["srank"] == ("hidden_0", "hidden_1")
+  assert suite.labels["alpha_g"] == ("hidden_0", "hidden_1", "output")
+  assert suite.labels["top_eigenvalues"] == tuple(f"top_{i}" for i in range(1, 6))
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+  opt_state = tx.init(params)
+  grads = jax.grad(lambda p: jnp.mean(jax.vmap(example_loss, (None, None, 0))(p, state, batch)))(
+      params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  values, new_state = jax.jit(suite.compute)(suite.init(params, jax.random.key(3)), params,
+                                             state, batch, updates=updates, opt_state=opt_state)
+  for name in suite.names:
+    assert values[name].shape == (len(suite.labels[name]),), name
+    assert np.all(np.isfinite(np.asarray(values[name]))), name
+  layers = estimators.layers_of(params)
+  np.testing.assert_allclose(values["weight_norm"][1:], indicators.norms(layers, params), rtol=1e-6)
+  np.testing.assert_allclose(values["update_norm"][1:], indicators.norms(layers, updates),
+                             rtol=1e-6)
+  total = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads)))
+  assert float(values["gradient_norm"][0]) == pytest.approx(total, rel=1e-5)
+  feats = model.features(params, state, batch[0])
+  assert float(values["srank"][1]) == float(indicators.srank(feats["hidden_1"].post))
+  assert float(values["unit_sign_entropy"][0]) == pytest.approx(
+      float(indicators.unit_sign_entropy(feats["hidden_0"].pre)))
+  from trainability import scheduler
+  step, _ = scheduler.adam_effective_step(layers, opt_state.inner_state[0].nu, 1,
+                                          jnp.full((3,), 1e-3), 0.9, 0.999, 1e-8)
+  np.testing.assert_allclose(values["effective_step"], step, rtol=1e-6)
+  assert int(new_state.signals.checks) == 1
+
+
+def test_suite_sharpness_converges_to_the_dense_hessian_over_evaluations():
+  model, example_loss, params, state, batch = _small_model(width=4, depth=1)
+  suite = indicators.make_suite(model, example_loss, batch[0], ["sharpness"],
+                                indicators.Options(power_iterations=50))
+  s = suite.init(params, jax.random.key(0))
+  compute = jax.jit(suite.compute)
+  for _ in range(6):  # warm-started: 300 iterations in all
+    values, s = compute(s, params, state, batch)
+  mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, (None, None, 0))(p, state, batch))
+  eig = _dense_eigenvalues(mean_loss, params)
+  assert float(values["sharpness"][0]) == pytest.approx(eig[np.argmax(np.abs(eig))], rel=1e-3)
+
+
+def test_suite_runs_under_vmap_over_seeds_and_one_shot_indicators():
+  model, example_loss, params, state, batch = _small_model()
+  suite = indicators.make_suite(model, example_loss, batch[0], ["srank", "sharpness", "alpha_g"])
+
+  def one(key):
+    p, s = model.init(key)
+    return suite.compute(suite.init(p, key), p, s, batch, opt_state=optax.sgd(0.1).init(p))[0]
+
+  out = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), 3))
+  assert out["srank"].shape == (3, 2) and out["sharpness"].shape == (3, 4)
+  assert not np.allclose(out["sharpness"][0], out["sharpness"][1])
+  once = indicators.indicators(params, batch, model, example_loss, model_state=state,
+                               names=("weight_norm", "dormant_fraction"))
+  assert set(once) == {"weight_norm", "dormant_fraction"}
+  assert set(once["weight_norm"]) == {"network", "hidden_0", "hidden_1", "output"}
+
+
+@pytest.mark.parametrize("text, names", [
+    ("all", indicators.NAMES), ("none", ()), ("srank,weight_norm", ("weight_norm", "srank"))])
+def test_parse_names(text, names):
+  assert indicators.parse_names(text) == names
+
+
+def test_unknown_indicator_is_a_one_line_error():
+  with pytest.raises(ValueError, match="indicators: 'sharpnes' is not accepted; choose all"):
+    indicators.parse_names("srank,sharpnes")

@@ -31,10 +31,11 @@ host round trips. Three kinds:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from trainability import estimators
@@ -233,3 +234,216 @@ def exact_hessian_rank(loss, params, mass: float = 0.99, tol: float = 1e-6) -> E
   d = flat.shape[0]
   numerical = jnp.sum(eig > tol * jnp.max(eig)).astype(jnp.int32)
   return ExactRank(mass_rank(eig, mass) / d, numerical, d)
+
+
+# ---------------------------------------------------------------------------
+# All indicators at once, for one model: `make_suite` (inside training, with
+# state carried from one evaluation to the next) and `indicators` (one shot).
+
+PARAMETER = ("weight_norm", "gradient_norm", "update_norm", "grad_param_ratio")
+FEATURE = ("unit_sign_entropy", "dormant_fraction", "srank", "effective_rank")
+CURVATURE = ("sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank")
+# The noise-curvature signals of method.md section 3 (scheduler.observe).
+SIGNALS = ("effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde", "crossed")
+NAMES = PARAMETER + FEATURE + CURVATURE + SIGNALS
+
+
+class Options(NamedTuple):
+  """How the indicators are computed (all static: they fix shapes and loops)."""
+
+  tau: float = 0.0                # dormant: s_i <= tau (0: units silent on the whole batch)
+  delta: float = 0.01             # srank keeps a 1 - delta share of the singular values
+  power_iterations: int = 4       # per evaluation, warm-started from the previous one
+  top_k: int = 5                  # top_eigenvalues: how many
+  lanczos_steps: int = 20         # top_eigenvalues: Lanczos steps (HVPs)
+  trace_samples: int = 10         # hessian_trace: Hutchinson samples (HVPs)
+  rank_examples: int = 32         # hessian_rank: single-example gradients k
+  window: int = 30                # noise-curvature signals: W
+  beta: float = 1.0               # alpha_tilde's weight of the volatility term
+  kappa: float = 1.0
+  variance: str = "windowed"
+  effective_step: str = "auto"    # scheduler's choices; auto: adam if Adam, else generic
+
+
+class SuiteState(NamedTuple):
+  signals: Any                    # scheduler.Signals (per layer)
+  network_vector: Any             # warm start of the whole-network power iteration
+  key: jax.Array
+
+
+class Suite(NamedTuple):
+  """`init(params, key) -> SuiteState`; `compute(state, ...) -> (values, state)`.
+
+  values: {name: (columns,) float32 array}; `labels[name]` names the columns
+  (layer names, "network", hidden-layer names, or "top_1".."top_k").
+  """
+
+  names: tuple
+  labels: dict
+  init: Any
+  compute: Any
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+  """"all", "none" or a comma list of NAMES, in NAMES order; one-line error otherwise."""
+  if text in ("none", ""):
+    return ()
+  if text == "all":
+    return NAMES
+  chosen = [n.strip() for n in text.split(",")]
+  for n in chosen:
+    if n not in NAMES:
+      raise ValueError(f"indicators: {n!r} is not accepted; choose all, none or any of "
+                       f"{', '.join(NAMES)}")
+  return tuple(n for n in NAMES if n in chosen)
+
+
+def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Options(),
+               learning_rate=None, momentum=None) -> Suite:
+  """The indicators `names` of `model` (a models.Model; feature indicators need `features`).
+
+  example_loss(params, model_state, example) -> scalar, example = (x_i, y_i).
+  `inputs`: a batch of model inputs (or a jax.ShapeDtypeStruct), to read the
+  layer names. learning_rate, momentum: for the adam/sgd effective steps when
+  the optimizer state is not an `optax.inject_hyperparams` one.
+  """
+  from trainability import scheduler  # scheduler imports estimators, not us
+
+  names = tuple(names)
+  unknown = [n for n in names if n not in NAMES]
+  if unknown:
+    raise ValueError(f"indicators: {unknown[0]!r} is not accepted; choose from {', '.join(NAMES)}")
+  if any(n in FEATURE for n in names) and model.features is None:
+    raise ValueError("indicators: feature indicators need a model with `features`")
+  params_shape, state_shape = jax.eval_shape(model.init, jax.random.key(0))
+  layers = estimators.layers_of(params_shape)
+  hidden = ()
+  if any(n in FEATURE for n in names):
+    hidden = tuple(jax.eval_shape(model.features, params_shape, state_shape, inputs))
+  per_layer = ("network",) + layers.names
+  labels = {}
+  for n in names:
+    if n in FEATURE:
+      labels[n] = hidden
+    elif n == "top_eigenvalues":
+      labels[n] = tuple(f"top_{i + 1}" for i in range(options.top_k))
+    elif n == "hessian_rank":
+      labels[n] = ("network",)
+    elif n in SIGNALS:
+      labels[n] = layers.names
+    else:
+      labels[n] = per_layer
+  network = whole_network(params_shape)
+  wanted = set(names)
+
+  def init(params, key) -> SuiteState:
+    k1, k2, k3 = jax.random.split(key, 3)
+    layers_ = estimators.layers_of(params)
+    return SuiteState(scheduler.init_signals(params, layers_, options.window, k1),
+                      estimators.random_unit_vectors(k2, params, whole_network(params)), k3)
+
+  def compute(state: SuiteState, params, model_state, batch, *, updates=None, opt_state=None,
+              count=None, multiplier=None):
+    """Indicators at `params` on `batch` = (x, y).
+
+    updates: the last optimizer update (for update_norm; zeros if None).
+    opt_state, count, multiplier: the optimizer's state, update count and
+    per-layer multipliers (scheduler; default 1), for the effective step.
+    """
+    key, *keys = jax.random.split(state.key, 5)
+    loss_i = lambda p, example: example_loss(p, model_state, example)
+    mean_loss = lambda p: jnp.mean(jax.vmap(loss_i, in_axes=(None, 0))(p, batch))
+    grads = jax.grad(mean_loss)(params)
+    out = {}
+
+    def both(network_value, layer_values):
+      return jnp.concatenate([jnp.atleast_1d(network_value), layer_values]).astype(jnp.float32)
+
+    def total_norm(tree):
+      return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+    if "weight_norm" in wanted:
+      out["weight_norm"] = both(total_norm(params), norms(layers, params))
+    if "gradient_norm" in wanted:
+      out["gradient_norm"] = both(total_norm(grads), norms(layers, grads))
+    if "update_norm" in wanted:
+      u = jax.tree.map(jnp.zeros_like, params) if updates is None else updates
+      out["update_norm"] = both(total_norm(u), norms(layers, u))
+    if "grad_param_ratio" in wanted:
+      out["grad_param_ratio"] = both(ratio_of_means(network, grads, params)[0],
+                                     ratio_of_means(layers, grads, params))
+    if wanted & set(FEATURE):
+      feats = model.features(params, model_state, batch[0])
+      pick = {"unit_sign_entropy": lambda f: unit_sign_entropy(f.pre),
+              "dormant_fraction": lambda f: dormant_fraction(f.post, options.tau),
+              "srank": lambda f: srank(f.post, options.delta),
+              "effective_rank": lambda f: effective_rank(f.post)}
+      for n in FEATURE:
+        if n in wanted:
+          out[n] = jnp.stack([pick[n](feats[h]) for h in hidden]).astype(jnp.float32)
+    network_vector = state.network_vector
+    if "sharpness" in wanted:
+      whole = estimators.power_iteration(mean_loss, params, network, network_vector,
+                                         options.power_iterations, key=keys[0])
+      network_vector = whole.vectors
+    if "hessian_trace" in wanted:
+      trace = hessian_trace(mean_loss, params, layers, options.trace_samples, keys[1])
+      out["hessian_trace"] = both(trace.total, trace.per_layer)
+    if "top_eigenvalues" in wanted:
+      out["top_eigenvalues"] = top_eigenvalues(mean_loss, params, options.top_k,
+                                               options.lanczos_steps, keys[2])
+    if "hessian_rank" in wanted:
+      k = min(options.rank_examples, jax.tree.leaves(batch)[0].shape[0])
+      few = jax.tree.map(lambda a: a[:k], batch)
+      out["hessian_rank"] = jnp.atleast_1d(
+          hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
+    signals = state.signals
+    if "sharpness" in wanted and not wanted & set(SIGNALS):
+      blocks = estimators.power_iteration(mean_loss, params, layers, signals.eigenvectors,
+                                          options.power_iterations, key=keys[3])
+      signals = signals._replace(eigenvectors=blocks.vectors)
+      out["sharpness"] = both(whole.values[0], blocks.values)
+    if wanted & set(SIGNALS):
+      kind = options.effective_step
+      if kind == "auto":
+        kind = "adam" if scheduler._find(opt_state, optax.ScaleByAdamState) is not None \
+            else "generic"
+      m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
+      u = jax.tree.map(jnp.zeros_like, params) if updates is None else updates
+      step, agg = scheduler.layer_step(kind, layers, opt_state, count, m, grads, u,
+                                       learning_rate, momentum)
+      signals, check = scheduler.observe(
+          signals, layers, params, grads, loss_i, batch, step, agg, keys[3],
+          beta=options.beta, kappa=options.kappa, variance=options.variance,
+          power_iterations=options.power_iterations)
+      if "sharpness" in wanted:
+        out["sharpness"] = both(whole.values[0], check.lam)
+      values = {"effective_step": check.alpha, "alpha_g": check.alpha_g,
+                "lam_bar": check.lam_bar, "vol": check.vol, "alpha_vol": check.alpha_vol,
+                "alpha_tilde": check.alpha_tilde, "crossed": check.crossed}
+      for n in SIGNALS:
+        if n in wanted:
+          out[n] = values[n].astype(jnp.float32)
+    return {n: out[n] for n in names}, SuiteState(signals, network_vector, key)
+
+  return Suite(names, labels, init, compute)
+
+
+
+def indicators(params, batch, model, example_loss, *, model_state=None, names=NAMES,
+               options: Options = Options(power_iterations=20), updates=None, opt_state=None,
+               key=None) -> dict:
+  """Every indicator in `names` at `params` on `batch` = (x, y), in one call.
+
+  Returns {name: {column label: scalar}}. One shot: the windowed signals (Vol
+  and with it alpha_vol, alpha_tilde) need a history, so they are 0 / the
+  noise bound here; inside training use `make_suite`, which carries the window
+  and warm-starts the power iterations. Jittable with `model`, `example_loss`,
+  `names` and `options` static.
+  """
+  suite = make_suite(model, example_loss, batch[0], names, options)
+  key = jax.random.key(0) if key is None else key
+  state = suite.init(params, key)
+  values, _ = suite.compute(state, params, {} if model_state is None else model_state, batch,
+                            updates=updates, opt_state=opt_state)
+  return {n: dict(zip(suite.labels[n], values[n])) for n in suite.names}
