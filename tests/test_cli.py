@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trainability import cli, results
+from trainability import cli, report, results
 
 TINY = ["--subset", "200", "--tasks", "3", "--epochs", "2", "--batch-size", "20",
         "--width", "16", "--depth", "1", "--seeds", "2", "--no-progress"]
@@ -132,3 +132,38 @@ def test_console_script_help():
                         capture_output=True, text=True, check=True)
   for flag in ("--dataset", "--stream", "--ns", "--reset", "--seeds", "--out"):
     assert flag in done.stdout
+
+
+def test_run_records_indicators_and_report_ranks_them(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(["run", "--subset", "200", "--tasks", "3", "--epochs", "2", "--batch-size",
+                   "20", "--width", "16", "--depth", "1", "--seeds", "2", "--indicators",
+                   "weight_norm,srank,crossed", "--indicator-every", "10", "--no-progress",
+                   "--out", str(out)]) == 0
+  rows = report.read_indicator_rows(str(out / report.INDICATORS_FILE))
+  assert {r["indicator"] for r in rows} == {"weight_norm", "srank", "crossed"}
+  assert len(rows) == 2 * 3 * 2 * (3 + 1 + 2)  # seeds x tasks x evaluations x columns
+  assert (out / report.INDICATORS_PLOT_FILE).stat().st_size > 10_000
+  results_rows = results.read_rows(str(out / results.RESULTS_FILE))
+  assert all(0.0 <= r["rho_hat"] <= 1.0 for r in results_rows)
+  capsys.readouterr()
+  assert cli.main(["report", str(out), str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "| weight_norm | network |" in printed and "| rho_hat | any layer |" in printed
+  assert (out / report.REPORT_FILE).exists()
+  (out / report.INDICATORS_PLOT_FILE).unlink()
+  assert cli.main(["plot", str(out)]) == 0
+  assert (out / report.INDICATORS_PLOT_FILE).exists()
+
+
+def test_report_without_indicators_is_a_one_line_error(tmp_path, capsys):
+  (tmp_path / "results.csv").write_text("seed,task,online_accuracy\n0,0,0.5\n")
+  assert cli.main(["report", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "run_dir: no indicators.csv in" in err
+
+
+def test_unknown_indicator_flag_is_a_one_line_error(capsys):
+  assert cli.main(["run", "--indicators", "sharpnes"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "indicators: 'sharpnes' is not accepted" in err

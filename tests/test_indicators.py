@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from trainability import estimators, indicators
+from trainability.config import ConfigError
 
 
 def _with_spectrum(singular, shape, seed=0):
@@ -288,5 +289,5 @@ def test_parse_names(text, names):
 
 
 def test_unknown_indicator_is_a_one_line_error():
-  with pytest.raises(ValueError, match="indicators: 'sharpnes' is not accepted; choose all"):
+  with pytest.raises(ConfigError, match="indicators: .sharpnes. is not accepted; choose all"):
     indicators.parse_names("srank,sharpnes")

@@ -186,3 +186,29 @@ def test_a_scheduler_that_could_never_check_is_refused(tiny_config):
   config = tiny_config.replace(scheduler="noise_curvature", check_every=10_000)
   with pytest.raises(ConfigError, match="check_every: 10000 is more than the"):
     make_trainer(config)
+
+
+def test_indicators_are_recorded_on_schedule_inside_the_vmapped_run(tiny_config):
+  config = tiny_config.replace(indicators="weight_norm,srank,sharpness,alpha_tilde,crossed",
+                               indicator_every=4, indicator_examples=64)
+  trainer = make_trainer(config)
+  metrics = jax.jit(jax.vmap(trainer.train))(seed_keys(config))
+  evaluations = trainer.steps_per_epoch * config.epochs // 4
+  labels = trainer.indicator_labels
+  assert labels["srank"] == ("hidden_0",)
+  assert labels["weight_norm"] == ("network", "hidden_0", "output")
+  for name, columns in labels.items():
+    values = np.asarray(metrics.indicators[name])
+    assert values.shape == (config.seeds, config.tasks, evaluations, len(columns)), name
+    assert np.all(np.isfinite(values)), name
+  # Weight norms change between evaluations (it trains) and the seeds differ.
+  w = np.asarray(metrics.indicators["weight_norm"])
+  assert not np.allclose(w[:, :, 0], w[:, :, -1]) and not np.allclose(w[0], w[1])
+  # Recording indicators does not change training.
+  plain = jax.jit(jax.vmap(make_trainer(tiny_config).train))(seed_keys(config))
+  np.testing.assert_array_equal(metrics.online_accuracy, plain.online_accuracy)
+
+
+def test_indicator_schedule_longer_than_a_task_is_refused(tiny_config):
+  with pytest.raises(ConfigError, match="indicator_every: 10000 is more than the"):
+    make_trainer(tiny_config.replace(indicators="srank", indicator_every=10_000))

@@ -1,4 +1,4 @@
-"""`trainability run` and `trainability plot`.
+"""`trainability run`, `trainability plot` and `trainability report`.
 
 The flags of `run` are generated from the fields of `Config` (`--batch-size` is
 `Config.batch_size`), so the CLI, the config file and the Python API agree.
@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainability import data as data_lib
-from trainability import devices, results
+from trainability import devices, report, results
 from trainability.config import Config, ConfigError
 from trainability.data import DataError
 from trainability.train import make_trainer, seed_keys
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--no-progress", action="store_true", help="no progress bar")
   plot = commands.add_parser("plot", help="redraw the plot of a finished or interrupted run")
   plot.add_argument("run_dir", help="directory written by `trainability run`")
+  predictors = commands.add_parser(
+      "report", help="how well each recorded indicator predicts task accuracy, over runs")
+  predictors.add_argument("run_dirs", nargs="+", metavar="run_dir",
+                          help="directories written by `trainability run --indicators ...`")
+  predictors.add_argument("--out", default=None,
+                          help=f"CSV to write (default: <first run_dir>/{report.REPORT_FILE})")
   return parser
 
 
@@ -101,6 +107,8 @@ def main(argv=None) -> int:
   try:
     if args.command == "plot":
       return _plot(args.run_dir)
+    if args.command == "report":
+      return _report(args.run_dirs, args.out)
     return _run(args)
   except (ConfigError, DataError) as e:
     print(f"trainability: error: {e}", file=sys.stderr)
@@ -122,7 +130,28 @@ def _plot(run_dir: str) -> int:
     results.plot_scheduler(results.read_rows(checks_path),
                            os.path.join(run_dir, results.SCHEDULER_PLOT_FILE),
                            config.lr, _title(config))
+  indicators_path = os.path.join(run_dir, report.INDICATORS_FILE)
+  if os.path.exists(indicators_path):
+    report.plot_indicators(rows, report.read_indicator_rows(indicators_path),
+                           os.path.join(run_dir, report.INDICATORS_PLOT_FILE), _title(config))
   print(results.summary(rows))
+  return 0
+
+
+def _report(run_dirs, out) -> int:
+  runs = []
+  for run_dir in run_dirs:
+    paths = [os.path.join(run_dir, f) for f in (results.RESULTS_FILE, report.INDICATORS_FILE)]
+    for path in paths:
+      if not os.path.exists(path):
+        raise ConfigError(f"run_dir: no {os.path.basename(path)} in {run_dir} "
+                          "(record indicators with `trainability run --indicators all`)")
+    runs.append((results.read_rows(paths[0]), report.read_indicator_rows(paths[1])))
+  table = report.predictor_report(runs)
+  out = out or os.path.join(run_dirs[0], report.REPORT_FILE)
+  report.write_report(table, out)
+  print(report.format_report(table))
+  print(f"wrote {out}")
   return 0
 
 
@@ -168,6 +197,7 @@ def _run(args) -> int:
   run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
   writer = results.ResultsWriter(results_path)
   checks_writer = results.ResultsWriter(os.path.join(out, results.CHECKS_FILE))
+  indicators_writer = results.ResultsWriter(os.path.join(out, report.INDICATORS_FILE))
   plot_path = os.path.join(out, results.PLOT_FILE)
   print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
         f"{trainer.steps_per_epoch * config.epochs} steps per task; writing to {out}",
@@ -184,6 +214,10 @@ def _run(args) -> int:
         if metrics.checks is not None:
           checks_writer.write(
               results.check_rows(metrics.checks, seeds, task_ids, trainer.layer_names))
+        if metrics.indicators is not None:
+          indicators_writer.write(report.indicator_rows(
+              metrics.indicators, trainer.indicator_labels, seeds, task_ids,
+              config.indicator_every))
         writer.write(results.metric_rows(metrics, seeds, task_ids, config.heldout))
         bar.update(len(task_ids))
         bar.set_postfix(online_acc=f"{np.mean(np.asarray(metrics.online_accuracy)[:, -1]):.3f}")
@@ -196,6 +230,9 @@ def _run(args) -> int:
     if checks_writer.rows:
       results.plot_scheduler(checks_writer.rows, os.path.join(out, results.SCHEDULER_PLOT_FILE),
                              config.lr, _title(config))
+    if indicators_writer.rows:
+      report.plot_indicators(writer.rows, indicators_writer.rows,
+                             os.path.join(out, report.INDICATORS_PLOT_FILE), _title(config))
   done = len({r["task"] for r in writer.rows})
   print(results.summary(writer.rows))
   print(f"{done} of {config.tasks} tasks in {time.time() - started:.1f} s; "

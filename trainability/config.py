@@ -31,6 +31,29 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message is one line naming the field."""
 
 
+# The trainability indicators (trainability/indicators.py), in recording order.
+INDICATORS = (
+    "weight_norm", "gradient_norm", "update_norm", "grad_param_ratio",         # parameters
+    "unit_sign_entropy", "dormant_fraction", "srank", "effective_rank",        # features
+    "sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank",           # curvature
+    "effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde",  # noise-curvature
+    "crossed")
+
+
+def indicator_names(text: str) -> tuple[str, ...]:
+  """"all", "none" or a comma list of INDICATORS, in INDICATORS order."""
+  if text in ("none", ""):
+    return ()
+  if text == "all":
+    return INDICATORS
+  chosen = [n.strip() for n in text.split(",")]
+  for n in chosen:
+    if n not in INDICATORS:
+      raise ConfigError(f"indicators: {n!r} is not accepted; choose all, none or any of "
+                        f"{', '.join(INDICATORS)}")
+  return tuple(n for n in INDICATORS if n in chosen)
+
+
 def _field(default, help_text, choices=None):
   return dataclasses.field(
       default=default, metadata={"help": help_text, "choices": choices}
@@ -126,6 +149,14 @@ class Config:
       "auto", "noise_curvature: how a layer's step is measured (auto: adam if Adam, else generic)",
       EFFECTIVE_STEPS)
 
+  # Trainability indicators (trainability/indicators.py), recorded inside the run.
+  indicators: str = _field(
+      "none", "indicators to record: all, none, or a comma list (see trainability.indicators)")
+  indicator_every: int = _field(40, "steps of a task between indicator evaluations")
+  indicator_examples: int = _field(
+      256, "probe batch of the indicators: the first N training examples of the task")
+  dormant_tau: float = _field(0.0, "a unit is dormant when its normalized activity <= tau")
+
   # Run.
   seeds: int = _field(4, "number of seeds, run in parallel with vmap")
   seed: int = _field(0, "first seed; seeds are seed, seed+1, ...")
@@ -143,7 +174,7 @@ class Config:
         )
     _positive_int(self, "tasks", "epochs", "batch_size", "width", "seeds",
                   "chunk_tasks", "classes_per_task", "check_every", "window",
-                  "power_iterations")
+                  "power_iterations", "indicator_every", "indicator_examples")
     if not isinstance(self.depth, int) or self.depth < 0:
       raise ConfigError(f"depth: {self.depth!r} is not accepted; give an integer >= 0")
     if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 0):
@@ -168,6 +199,8 @@ class Config:
     _in_range(self, "kappa", 0.0, math.inf, low_open=True)
     _in_range(self, "warm_fraction", 0.0, 1.0)
     _in_range(self, "floor", 0.0, math.inf)
+    _in_range(self, "dormant_tau", 0.0, math.inf)
+    indicator_names(self.indicators)
     if self.model == "cnn" and self.dataset == "mnist1d":
       raise ConfigError(
           "model: 'cnn' needs an image data set; accepted with cnn: "

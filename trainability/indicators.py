@@ -39,6 +39,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from trainability import estimators
+from trainability.config import INDICATORS, indicator_names
 
 _TINY = 1e-30
 
@@ -240,12 +241,10 @@ def exact_hessian_rank(loss, params, mass: float = 0.99, tol: float = 1e-6) -> E
 # All indicators at once, for one model: `make_suite` (inside training, with
 # state carried from one evaluation to the next) and `indicators` (one shot).
 
-PARAMETER = ("weight_norm", "gradient_norm", "update_norm", "grad_param_ratio")
-FEATURE = ("unit_sign_entropy", "dormant_fraction", "srank", "effective_rank")
-CURVATURE = ("sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank")
-# The noise-curvature signals of method.md section 3 (scheduler.observe).
-SIGNALS = ("effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde", "crossed")
-NAMES = PARAMETER + FEATURE + CURVATURE + SIGNALS
+NAMES = INDICATORS
+PARAMETER, FEATURE, CURVATURE = NAMES[:4], NAMES[4:8], NAMES[8:12]
+SIGNALS = NAMES[12:]  # the noise-curvature signals of method.md section 3 (scheduler.observe)
+parse_names = indicator_names
 
 
 class Options(NamedTuple):
@@ -282,20 +281,6 @@ class Suite(NamedTuple):
   labels: dict
   init: Any
   compute: Any
-
-
-def parse_names(text: str) -> tuple[str, ...]:
-  """"all", "none" or a comma list of NAMES, in NAMES order; one-line error otherwise."""
-  if text in ("none", ""):
-    return ()
-  if text == "all":
-    return NAMES
-  chosen = [n.strip() for n in text.split(",")]
-  for n in chosen:
-    if n not in NAMES:
-      raise ValueError(f"indicators: {n!r} is not accepted; choose all, none or any of "
-                       f"{', '.join(NAMES)}")
-  return tuple(n for n in NAMES if n in chosen)
 
 
 def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Options(),

@@ -19,11 +19,14 @@ SCHEDULER_PLOT_FILE = "scheduler.png"
 def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
                 heldout: bool) -> list[dict]:
   """Rows from a TaskMetrics of shape (seeds, tasks); heldout column only when measured."""
-  values = {name: np.asarray(v) for name, v in metrics._asdict().items() if name != "checks"}
+  values = {name: np.asarray(v) for name, v in metrics._asdict().items()
+            if name not in ("checks", "indicators")}
   if not heldout:
     values.pop("heldout_accuracy")
-  if metrics.checks is not None:
+  if metrics.checks is not None:  # the scheduler's own checks, on training minibatches
     values["rho_hat"] = rho_hat(metrics.checks)
+  elif metrics.indicators is not None and "crossed" in metrics.indicators:
+    values["rho_hat"] = np.asarray(metrics.indicators["crossed"]).any(-1).mean(-1)
   rows = []
   for s, seed in enumerate(seeds):
     for j, task in enumerate(task_ids):

@@ -36,8 +36,8 @@ import numpy as np
 import optax
 
 from trainability import data as data_lib
-from trainability import estimators, models, optim, scheduler, tasks
-from trainability.config import Config, ConfigError
+from trainability import estimators, indicators, models, optim, scheduler, tasks
+from trainability.config import Config, ConfigError, indicator_names
 
 EVAL_CHUNK = 1024  # examples per forward pass when measuring whole-split accuracy.
 
@@ -49,6 +49,7 @@ class RunState(NamedTuple):
   init_key: jax.Array
   stream_key: jax.Array
   shuffle_key: jax.Array
+  indicator_state: Any = None  # indicators.SuiteState when indicators are recorded
 
 
 class TaskMetrics(NamedTuple):
@@ -59,6 +60,10 @@ class TaskMetrics(NamedTuple):
   # With the noise-curvature scheduler: the task's checks, each field
   # (checks, layers) (see scheduler.Check); None without it.
   checks: Any = None
+  # With indicators: {name: (evaluations, columns)}, evaluated after task
+  # steps N, 2N, ... (N = indicator_every) on the task's probe batch; the
+  # columns are Trainer.indicator_labels[name].
+  indicators: Any = None
 
 
 class Trainer(NamedTuple):
@@ -69,6 +74,7 @@ class Trainer(NamedTuple):
   stream: tasks.TaskStream
   steps_per_epoch: int
   layer_names: tuple[str, ...]
+  indicator_labels: dict = {}  # {indicator: column labels} of TaskMetrics.indicators
 
 
 def make_train(config: Config, dataset: data_lib.Dataset | None = None):
@@ -111,6 +117,30 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
         f"(epochs x (examples // batch_size)), so the scheduler would never check; "
         f"give check_every <= {steps_per_task} or more epochs")
 
+  recorded = indicator_names(config.indicators)
+  if recorded and config.indicator_every > steps_per_task:
+    raise ConfigError(
+        f"indicator_every: {config.indicator_every} is more than the {steps_per_task} steps "
+        f"of a task, so no indicator would be recorded; give indicator_every <= "
+        f"{steps_per_task}")
+  probe_size = min(config.indicator_examples, n)
+
+  def example_loss(p, model_state, example):
+    """One example's loss in eval mode (BatchNorm uses its running statistics)."""
+    xi, yi = example
+    logits_i, _ = model.apply(p, model_state, xi[None], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_i, yi[None])[0]
+
+  suite = None
+  if recorded:
+    suite = indicators.make_suite(
+        model, example_loss, jax.ShapeDtypeStruct((probe_size, *image_shape), jnp.float32),
+        recorded, indicators.Options(
+            tau=config.dormant_tau, power_iterations=config.power_iterations,
+            window=config.window, beta=config.beta, kappa=config.kappa,
+            variance=config.variance, effective_step=config.effective_step),
+        learning_rate=config.lr, momentum=config.momentum)
+
   def make_tx(hparams):
     tx = optim.make_optimizer(config.optimizer, hparams)
     if not scheduled:
@@ -131,7 +161,10 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     init_key, stream_key, shuffle_key = jax.random.split(key, 3)
     params, model_state = model.init(init_key)
     opt_state = make_tx(values).init(params)
-    return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key)
+    indicator_state = None if suite is None else suite.init(
+        params, jax.random.fold_in(init_key, 1))
+    return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key,
+                    indicator_state)
 
   def loss_fn(params, model_state, x, y):
     logits, new_state = model.apply(params, model_state, x, train=True)
@@ -185,49 +218,64 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
       steps = jnp.arange(steps_per_epoch)
       return jax.lax.scan(step, carry, (order, steps, e * steps_per_epoch + steps))
 
+    # The indicators' probe batch: the task's first probe_size active examples.
+    probe_idx = jnp.argsort(1.0 - example_weight, stable=True)[:probe_size]
+    probe = (task_inputs(x_train[probe_idx], task), task.train_labels[probe_idx])
+
     def step(carry, inputs):
       # j: step of the epoch; task_step: step of the task. Both are loop
       # counters, the same for every vmapped seed.
       idx, j, task_step = inputs
-      params, model_state, opt_state = carry
+      params, model_state, opt_state, indicator_state = carry
       x, y = task_inputs(x_train[idx], task), task.train_labels[idx]
       (loss, (logits, new_model_state)), grads = grad_fn(params, model_state, x, y)
       hit_rate = jnp.mean(jnp.argmax(logits, -1) == y)
       if scheduled:
-        # Per-example losses in eval mode (BatchNorm uses its running statistics).
-        def example_loss(p, example):
-          xi, yi = example
-          logits_i, _ = model.apply(p, model_state, xi[None], train=False)
-          return optax.softmax_cross_entropy_with_integer_labels(logits_i, yi[None])[0]
-
+        loss_i = lambda p, example: example_loss(p, model_state, example)
         noise_fn = None
         if model.dense_inputs is not None:  # per-example norms without per-example grads
           def noise_fn(p, g):
             return estimators.dense_gradient_noise(
-                example_loss, p, (x, y), estimators.layers_of(p),
+                loss_i, p, (x, y), estimators.layers_of(p),
                 model.dense_inputs(p, model_state, x), mean_grads=g)
 
         updates, new_opt_state = tx.update(
-            grads, opt_state, params, example_loss=example_loss, batch=(x, y),
+            grads, opt_state, params, example_loss=loss_i, batch=(x, y),
             task_step=task_step, step=task_step, gradient_noise=noise_fn)
       else:
         updates, new_opt_state = tx.update(grads, opt_state, params)
-      new = (optax.apply_updates(params, updates), new_model_state, new_opt_state)
+      new_params = optax.apply_updates(params, updates)
+      values = None
+      if suite is not None:  # on schedule only: a cond on the unbatched step counter
+        def evaluate(s):
+          return suite.compute(
+              s, new_params, new_model_state, probe, updates=updates, opt_state=new_opt_state,
+              count=t * steps_per_task + task_step + 1,
+              multiplier=new_opt_state.multiplier if scheduled else None)
+
+        def skip(s):
+          shapes = jax.eval_shape(evaluate, s)[0]
+          return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), s
+
+        values, indicator_state = jax.lax.cond(
+            (task_step + 1) % config.indicator_every == 0, evaluate, skip, indicator_state)
+      new = (new_params, new_model_state, new_opt_state, indicator_state)
       record = (loss, hit_rate, jnp.float32(1.0))
       if stream.masks_examples:
         valid = j < valid_steps
         new = _select(valid, new, carry)
         record = (valid * loss, valid * hit_rate, valid.astype(jnp.float32))
-      return new, record + ((new[2].last,) if scheduled else ())
+      return new, record + (new[2].last if scheduled else None, values)
 
-    (params, model_state, opt_state), (losses, hits, counted, *lasts) = jax.lax.scan(
-        epoch, (params, model_state, opt_state), jnp.arange(config.epochs)
-    )
-    checks = None
-    if scheduled:  # the state after each check: task steps K-1, 2K-1, ...
-      checks = jax.tree.map(
-          lambda a: a.reshape(steps_per_task, *a.shape[2:])[config.check_every - 1::config.check_every],
-          lasts[0])
+    carry = (params, model_state, opt_state, state.indicator_state)
+    (params, model_state, opt_state, indicator_state), (losses, hits, counted, lasts, values) = \
+        jax.lax.scan(epoch, carry, jnp.arange(config.epochs))
+
+    def every(k, tree):  # the records after task steps k - 1, 2k - 1, ...
+      return jax.tree.map(lambda a: a.reshape(steps_per_task, *a.shape[2:])[k - 1::k], tree)
+
+    checks = every(config.check_every, lasts) if scheduled else None
+    recorded_values = every(config.indicator_every, values) if suite is not None else None
     steps = jnp.maximum(counted.sum(), 1.0)
     final = accuracy(params, model_state, x_train, task.train_labels, example_weight, task)
     if config.heldout:
@@ -235,8 +283,10 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
                          task.active_classes[y_test].astype(jnp.float32), task)
     else:
       heldout = jnp.float32(jnp.nan)
-    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout, checks)
-    return state._replace(params=params, model_state=model_state, opt_state=opt_state), metrics
+    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout, checks,
+                          recorded_values)
+    return state._replace(params=params, model_state=model_state, opt_state=opt_state,
+                          indicator_state=indicator_state), metrics
 
   def run_tasks(state: RunState, task_ids) -> tuple[RunState, TaskMetrics]:
     return jax.lax.scan(run_task, state, jnp.asarray(task_ids, jnp.int32))
@@ -245,7 +295,8 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     return run_tasks(init(key, hparams), jnp.arange(config.tasks))[1]
 
   layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
-  return Trainer(init, run_tasks, train, model, stream, steps_per_epoch, layer_names)
+  return Trainer(init, run_tasks, train, model, stream, steps_per_epoch, layer_names,
+                 {} if suite is None else dict(suite.labels))
 
 
 def _select(pred, on_true, on_false):
