@@ -74,3 +74,17 @@ def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
   for part in ("per-example norms (dense path)", "per-example gradients (generic)",
                "curvature (power iteration)", "whole check"):
     assert part in out
+
+
+def test_indicator_cost_quick_run_prints_every_indicator(capsys, monkeypatch):
+  monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports scheduler_overhead's timer
+  spec = importlib.util.spec_from_file_location("benchmarks_indicator_cost",
+                                                SCRIPT.parent / "indicator_cost.py")
+  module = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, module)
+  spec.loader.exec_module(module)
+  assert module.main(["--quick", "--alone", "srank,sharpness"]) == 0
+  out = capsys.readouterr().out
+  assert "one full indicator pass (all 19)" in out
+  assert "  srank " in out and "  sharpness " in out and "  weight_norm " not in out
+  assert "run-time ratio with indicators / without: " in out
