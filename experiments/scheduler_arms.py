@@ -121,21 +121,30 @@ def _plot_accuracy(runs, done, bases, args, path):
 
 
 def _plot_learning_rates(runs, done, path):
-  scheduled = [(name, config) for name, _, s, config in runs if s != "none"]
-  fig = Figure(figsize=(4.2 * len(scheduled), 3.4), dpi=120)
-  axes = np.atleast_1d(fig.subplots(1, len(scheduled), sharey=True))
-  for ax, (name, config) in zip(axes, scheduled):
+  """One panel per scheduled arm: rows are scheduler settings, columns base arms."""
+  scheduled = [(name, b, s, config) for name, b, s, config in runs if s != "none"]
+  rows = list(dict.fromkeys(s for _, _, s, _ in scheduled))
+  cols = list(dict.fromkeys(b for _, b, _, _ in scheduled))
+  fig = Figure(figsize=(4.2 * len(cols), 3.0 * len(rows)), dpi=120)
+  axes = fig.subplots(len(rows), len(cols), sharey=True, sharex=True, squeeze=False)
+  for name, b, s, config in scheduled:
+    ax = axes[rows.index(s), cols.index(b)]
     arm = done[name]
     m = arm.multipliers.mean(0)  # (tasks, checks, layers)
     tasks, checks, layers = m.shape
     x = np.arange(tasks * checks) / checks + 1 / checks
     for l in range(layers):
       ax.plot(x, config.lr * m[:, :, l].reshape(-1), label=arm.layer_names[l])
-    ax.set(yscale="log", xlabel="task", title=name)
+    ax.set(yscale="log", title=f"{name} (beta {config.beta:g}, cool {config.cool:g})")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  axes[0].set_ylabel("learning rate of the layer (paper Fig. 6)")
+  for ax in axes[-1]:
+    ax.set_xlabel("task")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("learning rate of the layer")
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle("per-layer learning rates learned by the scheduler (paper Fig. 6), mean of seeds",
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
 

@@ -114,7 +114,11 @@ def noise_curvature_scheduler(
     safety: gamma; a layer cools when alpha > gamma * alpha_tilde (paper 0.8).
     cool, warm: multiplicative factors (paper 0.99, 1.01).
     beta: weight of the volatility term in the combined threshold (paper
-      [0, 1]; the reference code's variants use 10 or 20).
+      [0, 1]; the reference code's variants use 10 or 20). With Adam, beta
+      of order 1 leaves alpha_tilde near alpha_g ~ 1, far above Adam's
+      effective step, so the rule mostly warms; on the library's main
+      benchmark 1e5 (with cool 0.9, warm_fraction 0.1) is the value that
+      works (experiments/README.md). Find it per setting.
     kappa: alpha_vol = 1 / (kappa * Vol).
     warm_fraction: warming is allowed in the first warm_fraction of a task
       (paper 0.3; reference code 0.1), when alpha < 0.3 * gamma * alpha_tilde.
