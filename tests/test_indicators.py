@@ -291,3 +291,29 @@ def test_parse_names(text, names):
 def test_unknown_indicator_is_a_one_line_error():
   with pytest.raises(ConfigError, match="indicators: .sharpnes. is not accepted; choose all"):
     indicators.parse_names("srank,sharpnes")
+
+
+def test_dense_gram_equals_the_gram_of_per_example_gradients():
+  model, example_loss, params, state, batch = _small_model()
+  loss_i = lambda p, example: example_loss(p, state, example)
+  grads = estimators.per_example_gradients(loss_i, params, batch)
+  g = jnp.concatenate([x.reshape(24, -1) for x in jax.tree.leaves(grads)], axis=1)
+  gram = estimators.dense_gradient_gram(loss_i, params, batch,
+                                        model.dense_inputs(params, state, batch[0]))
+  np.testing.assert_allclose(gram, g @ g.T, rtol=1e-4, atol=1e-6)
+  assert float(indicators.gram_rank(gram)) == float(indicators.hessian_rank_proxy(grads))
+
+
+def test_suite_uses_the_dense_paths_and_the_generic_ones_agree():
+  """The MLP suite (dense paths) equals the same model's values computed generically."""
+  model, example_loss, params, state, batch = _small_model()
+  names = ("alpha_g", "hessian_rank")
+  generic_model = model._replace(dense_inputs=None)
+  values = {}
+  for m in (model, generic_model):
+    suite = indicators.make_suite(m, example_loss, batch[0], names)
+    values[m.dense_inputs is None] = suite.compute(
+        suite.init(params, jax.random.key(0)), params, state, batch,
+        opt_state=optax.sgd(0.1).init(params))[0]
+  for n in names:
+    np.testing.assert_allclose(values[False][n], values[True][n], rtol=2e-4)

@@ -209,6 +209,17 @@ def test_indicators_are_recorded_on_schedule_inside_the_vmapped_run(tiny_config)
   np.testing.assert_array_equal(metrics.online_accuracy, plain.online_accuracy)
 
 
+def test_indicators_stay_a_conditional_under_vmap(tiny_config):
+  """Off-schedule steps skip the indicators: one `cond` survives vmap over seeds
+  (the schedule reads the unbatched step counter), none without indicators."""
+  def conds(config):
+    jaxpr = jax.make_jaxpr(jax.vmap(make_trainer(config).train))(seed_keys(config))
+    return str(jaxpr).count(" cond[")
+
+  assert conds(tiny_config) == 0
+  assert conds(tiny_config.replace(indicators="srank,sharpness", indicator_every=4)) == 1
+
+
 def test_indicator_schedule_longer_than_a_task_is_refused(tiny_config):
   with pytest.raises(ConfigError, match="indicator_every: 10000 is more than the"):
     make_trainer(tiny_config.replace(indicators="srank", indicator_every=10_000))

@@ -150,14 +150,7 @@ def dense_gradient_noise(example_loss, params, batch, layers: Layers, inputs,
   nested one level, as in models.Network).
   """
   batch_size = jax.tree.leaves(batch)[0].shape[0]
-  flat = {name: dict(_flatten_layer(layer)) for name, layer in params.items()}
-
-  def with_biases(biases):
-    return {name: _replace_bias(params[name], biases[name]) for name in params}
-
-  biases = {name: flat[name]["bias"] for name in params}
-  deltas = jax.vmap(jax.grad(lambda b, example: example_loss(with_biases(b), example)),
-                    in_axes=(None, 0))(biases, batch)
+  deltas = dense_deltas(example_loss, params, batch)
   per_layer = {}
   for name in params:
     delta_sq = jnp.sum(deltas[name] ** 2, axis=1)
@@ -170,6 +163,37 @@ def dense_gradient_noise(example_loss, params, batch, layers: Layers, inputs,
   grad_sq = per_layer_sum(layers, jax.tree.map(lambda m: jnp.sum(m**2), mean))
   mean_square = jnp.stack([per_layer[n] for n in layers.names])
   return GradientNoise(grad_sq, jnp.maximum(mean_square - grad_sq, 0.0), batch_size)
+
+
+def dense_deltas(example_loss, params, batch) -> dict:
+  """{layer: (B, units)} per-example gradients of each dense layer's bias.
+
+  One vmapped gradient with respect to the biases only; with the layers'
+  inputs a_i they give every per-example kernel gradient a_i delta_i^T
+  without forming it. params as in `dense_gradient_noise`.
+  """
+  flat = {name: dict(_flatten_layer(layer)) for name, layer in params.items()}
+
+  def with_biases(biases):
+    return {name: _replace_bias(params[name], biases[name]) for name in params}
+
+  biases = {name: flat[name]["bias"] for name in params}
+  return jax.vmap(jax.grad(lambda b, example: example_loss(with_biases(b), example)),
+                  in_axes=(None, 0))(biases, batch)
+
+
+def dense_gradient_gram(example_loss, params, batch, inputs) -> jax.Array:
+  """(B, B) Gram matrix <g_i, g_j> of the per-example gradients of a dense network.
+
+  Per layer <a_i delta_i^T, a_j delta_j^T> + <delta_i, delta_j> =
+  (a_i . a_j + 1)(delta_i . delta_j): B x B products, no per-example gradient.
+  """
+  deltas = dense_deltas(example_loss, params, batch)
+  gram = 0.0
+  for name in params:
+    a = inputs[name].reshape(deltas[name].shape[0], -1)
+    gram = gram + (a @ a.T + 1.0) * (deltas[name] @ deltas[name].T)
+  return gram
 
 
 def _flatten_layer(layer):

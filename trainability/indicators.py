@@ -217,8 +217,14 @@ def hessian_rank_proxy(example_grads, mass: float = 0.99) -> jax.Array:
   leaves = jax.tree.leaves(example_grads)
   k = leaves[0].shape[0]
   g = jnp.concatenate([x.reshape(k, -1).astype(jnp.float32) for x in leaves], axis=1)
-  spectrum = jnp.linalg.eigvalsh(g @ g.T)
-  return mass_rank(jnp.maximum(spectrum, 0.0), mass) / k
+  return gram_rank(g @ g.T, mass)
+
+
+def gram_rank(gram, mass: float = 0.99) -> jax.Array:
+  """hessian_rank_proxy from the (k, k) Gram matrix G G^T itself (e.g.
+  `estimators.dense_gradient_gram`, which needs no per-example gradients)."""
+  spectrum = jnp.linalg.eigvalsh((gram + gram.T) / 2)
+  return mass_rank(jnp.maximum(spectrum, 0.0), mass) / gram.shape[0]
 
 
 class ExactRank(NamedTuple):
@@ -262,6 +268,13 @@ class Options(NamedTuple):
   kappa: float = 1.0
   variance: str = "windowed"
   effective_step: str = "auto"    # scheduler's choices; auto: adam if Adam, else generic
+
+
+def options_of(config) -> Options:
+  """The Options a run of `config` records its indicators with."""
+  return Options(tau=config.dormant_tau, power_iterations=config.power_iterations,
+                 window=config.window, beta=config.beta, kappa=config.kappa,
+                 variance=config.variance, effective_step=config.effective_step)
 
 
 class SuiteState(NamedTuple):
@@ -380,8 +393,13 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
     if "hessian_rank" in wanted:
       k = min(options.rank_examples, jax.tree.leaves(batch)[0].shape[0])
       few = jax.tree.map(lambda a: a[:k], batch)
-      out["hessian_rank"] = jnp.atleast_1d(
-          hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
+      if model.dense_inputs is not None:
+        gram = estimators.dense_gradient_gram(loss_i, params, few,
+                                              model.dense_inputs(params, model_state, few[0]))
+        out["hessian_rank"] = jnp.atleast_1d(gram_rank(gram))
+      else:
+        out["hessian_rank"] = jnp.atleast_1d(
+            hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
     signals = state.signals
     if "sharpness" in wanted and not wanted & set(SIGNALS):
       blocks = estimators.power_iteration(mean_loss, params, layers, signals.eigenvectors,
@@ -397,10 +415,16 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       u = jax.tree.map(jnp.zeros_like, params) if updates is None else updates
       step, agg = scheduler.layer_step(kind, layers, opt_state, count, m, grads, u,
                                        learning_rate, momentum)
+      noise_fn = None
+      if model.dense_inputs is not None:  # per-example norms without per-example gradients
+        def noise_fn(p, g):
+          inputs = model.dense_inputs(p, model_state, batch[0])
+          return estimators.dense_gradient_noise(loss_i, p, batch, layers, inputs, mean_grads=g)
+
       signals, check = scheduler.observe(
           signals, layers, params, grads, loss_i, batch, step, agg, keys[3],
           beta=options.beta, kappa=options.kappa, variance=options.variance,
-          power_iterations=options.power_iterations)
+          power_iterations=options.power_iterations, gradient_noise=noise_fn)
       if "sharpness" in wanted:
         out["sharpness"] = both(whole.values[0], check.lam)
       values = {"effective_step": check.alpha, "alpha_g": check.alpha_g,

@@ -135,11 +135,8 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   if recorded:
     suite = indicators.make_suite(
         model, example_loss, jax.ShapeDtypeStruct((probe_size, *image_shape), jnp.float32),
-        recorded, indicators.Options(
-            tau=config.dormant_tau, power_iterations=config.power_iterations,
-            window=config.window, beta=config.beta, kappa=config.kappa,
-            variance=config.variance, effective_step=config.effective_step),
-        learning_rate=config.lr, momentum=config.momentum)
+        recorded, indicators.options_of(config), learning_rate=config.lr,
+        momentum=config.momentum)
 
   def make_tx(hparams):
     tx = optim.make_optimizer(config.optimizer, hparams)
