@@ -76,3 +76,16 @@ def test_scheduler_beta_writes_one_arm_per_beta(tmp_path, monkeypatch):
   rows = _rows(tmp_path / "b.csv")
   assert sorted({r["arm"] for r in rows}) == ["adam", "beta 1", "beta 100000"]
   assert (tmp_path / "b.png").exists()
+
+
+def test_indicator_report_ranks_every_indicator_column(tmp_path, monkeypatch):
+  script = _load("indicator_report", monkeypatch)
+  monkeypatch.setattr(script, "ARMS", {"adam 1e-3": {}, "l2 1e-3": {"l2": 1e-3}})
+  script.main(["--tasks", "3", "--epochs", "4", "--seeds", "1", "--every", "40",
+               "--out", str(tmp_path), "--name", "r"])
+  rows = _rows(tmp_path / "r.csv")
+  indicators = {r["indicator"] for r in rows}
+  assert "rho_hat" in indicators and "srank" in indicators and len(indicators) == 19
+  assert all(int(r["n"]) == 2 * 3 and int(r["n_next"]) == 2 * 2 for r in rows)
+  assert (tmp_path / "r.png").stat().st_size > 10_000
+  assert (tmp_path / "r.md").read_text().count("\n| ") >= len(rows)
