@@ -1,0 +1,95 @@
+"""Regularizers against loss of trainability (method.md section 6), as pure penalties.
+
+Each `penalty(params, anchor)` returns a scalar without its coefficient; the
+training loss adds `coefficient * penalty`. `anchor` is the initial
+parameters (`prepare_anchor` turns them into what the penalty compares with).
+Faithful to the reference code (sheeerio/continual, implicit_regularization.py):
+
+* `l2_init` (Kumar et al.): sum over every parameter of (theta - theta_0)^2.
+* `wasserstein` (Lewandowski et al.): for each parameter tensor (each kernel and
+  each bias), ||sort(vec theta) - sort(vec theta_0)||^2: the squared
+  2-Wasserstein distance between the empirical distributions of its current and
+  initial values, which lets the weights move but keeps their distribution.
+* `spectral`: for each kernel, (sigma_max(W)^k - 1)^2 (reference k = 2),
+  sigma_max from `power_iterations` power-iteration steps on W^T W started from
+  a fixed vector, the vector held constant for the gradient (d sigma = u v^T).
+* `orthogonal`: for each kernel W (fan_in x fan_out; a conv kernel flattened to
+  (kh kw c_in) x c_out), ||W W^T - I||_F^2, the reference's Frobenius form.
+  (The reference's sigma_min variant is not offered.)
+
+Kernels are the leaves with two or more dimensions; plain L2 (coupled and
+decoupled) lives in the optimizer (`trainability.optim`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+REGULARIZERS = ("none", "l2_init", "wasserstein", "spectral", "orthogonal")
+
+
+def _kernels(params):
+  return [p for p in jax.tree.leaves(params) if p.ndim >= 2]
+
+
+def _as_matrix(kernel):
+  """(fan_in, fan_out) view: flax kernels are (..., c_in, c_out)."""
+  return kernel.reshape(-1, kernel.shape[-1])
+
+
+def prepare_anchor(kind: str, init_params):
+  """What `penalty` compares with: sorted values for wasserstein, else the params."""
+  if kind == "wasserstein":
+    return jax.tree.map(lambda p: jnp.sort(p.reshape(-1)), init_params)
+  return init_params
+
+
+def l2_init(params, anchor) -> jax.Array:
+  return sum(jnp.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(anchor)))
+
+
+def wasserstein(params, sorted_anchor) -> jax.Array:
+  """sum over tensors of ||sort(vec p) - sorted anchor||^2 (anchor from prepare_anchor)."""
+  return sum(jnp.sum((jnp.sort(p.reshape(-1)) - a) ** 2)
+             for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(sorted_anchor)))
+
+
+def top_singular_value(matrix, iterations: int = 20) -> jax.Array:
+  """sigma_max by power iteration on M^T M from a fixed start; d sigma/dM = u v^T."""
+  v = jnp.ones((matrix.shape[1],), matrix.dtype) / jnp.sqrt(matrix.shape[1])
+
+  def body(_, v):
+    w = matrix.T @ (matrix @ v)
+    return w / jnp.maximum(jnp.linalg.norm(w), 1e-12)
+
+  v = jax.lax.stop_gradient(jax.lax.fori_loop(0, iterations, body, v))
+  return jnp.linalg.norm(matrix @ v)
+
+
+def spectral(params, anchor=None, power: int = 2, iterations: int = 20) -> jax.Array:
+  del anchor
+  return sum((top_singular_value(_as_matrix(k), iterations) ** power - 1.0) ** 2
+             for k in _kernels(params))
+
+
+def orthogonal(params, anchor=None) -> jax.Array:
+  del anchor
+  total = 0.0
+  for k in _kernels(params):
+    w = _as_matrix(k)
+    total = total + jnp.sum((w @ w.T - jnp.eye(w.shape[0], dtype=w.dtype)) ** 2)
+  return total
+
+
+def penalty_fn(kind: str) -> Callable:
+  """`penalty(params, anchor) -> scalar` of a regularizer; one-line error otherwise."""
+  table = {"none": lambda params, anchor: jnp.float32(0.0), "l2_init": l2_init,
+           "wasserstein": wasserstein, "spectral": spectral, "orthogonal": orthogonal}
+  if kind not in table:
+    raise ValueError(f"regularizer: {kind!r} is not accepted; choose one of "
+                     f"{', '.join(REGULARIZERS)}")
+  return table[kind]
