@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from trainability import Config, devices, make_trainer, seed_keys
+from trainability import Config, devices, make_trainer, results, seed_keys
 
 HEADER = ["arm", "seed", "task", "online_accuracy", "final_accuracy", "rho_hat",
           "lr_multiplier_per_layer"]
@@ -36,7 +36,7 @@ def run(name: str, config: Config, writer) -> Arm:
   final = np.asarray(metrics.final_accuracy)
   rho = multipliers = None
   if metrics.checks is not None:
-    rho = np.asarray(metrics.checks.crossed).any(-1).mean(-1)
+    rho = results.rho_hat(metrics.checks.crossed)
     multipliers = np.asarray(metrics.checks.multiplier)
   for s in range(config.seeds):
     for t in range(config.tasks):

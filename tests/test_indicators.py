@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from trainability import estimators, indicators
-from trainability.config import ConfigError
+from trainability.config import ConfigError, indicator_names
 
 
 def _with_spectrum(singular, shape, seed=0):
@@ -285,12 +285,12 @@ def test_suite_runs_under_vmap_over_seeds_and_one_shot_indicators():
 @pytest.mark.parametrize("text, names", [
     ("all", indicators.NAMES), ("none", ()), ("srank,weight_norm", ("weight_norm", "srank"))])
 def test_parse_names(text, names):
-  assert indicators.parse_names(text) == names
+  assert indicator_names(text) == names
 
 
 def test_unknown_indicator_is_a_one_line_error():
   with pytest.raises(ConfigError, match="indicators: .sharpnes. is not accepted; choose all"):
-    indicators.parse_names("srank,sharpnes")
+    indicator_names("srank,sharpnes")
 
 
 def test_dense_gram_equals_the_gram_of_per_example_gradients():

@@ -165,6 +165,23 @@ def dense_gradient_noise(example_loss, params, batch, layers: Layers, inputs,
   return GradientNoise(grad_sq, jnp.maximum(mean_square - grad_sq, 0.0), batch_size)
 
 
+def dense_noise_fn(example_loss, batch, dense_inputs, model_state):
+  """A `gradient_noise(params, grads)` callback by the dense path, or None.
+
+  dense_inputs(params, model_state, x) -> the layers' inputs (a model's
+  `dense_inputs`; x = batch[0]), or None for a model that is not all dense
+  layers: then this returns None and callers use per-example gradients.
+  """
+  if dense_inputs is None:
+    return None
+
+  def noise(params, grads):
+    return dense_gradient_noise(example_loss, params, batch, layers_of(params),
+                                dense_inputs(params, model_state, batch[0]), mean_grads=grads)
+
+  return noise
+
+
 def dense_deltas(example_loss, params, batch) -> dict:
   """{layer: (B, units)} per-example gradients of each dense layer's bias.
 

@@ -35,7 +35,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.flatten_util import ravel_pytree
 
 from trainability import estimators
@@ -250,7 +249,6 @@ def exact_hessian_rank(loss, params, mass: float = 0.99, tol: float = 1e-6) -> E
 NAMES = INDICATORS
 PARAMETER, FEATURE, CURVATURE = NAMES[:4], NAMES[4:8], NAMES[8:12]
 SIGNALS = NAMES[12:]  # the noise-curvature signals of method.md section 3 (scheduler.observe)
-parse_names = indicator_names
 
 
 class Options(NamedTuple):
@@ -308,9 +306,7 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
   from trainability import scheduler  # scheduler imports estimators, not us
 
   names = tuple(names)
-  unknown = [n for n in names if n not in NAMES]
-  if unknown:
-    raise ValueError(f"indicators: {unknown[0]!r} is not accepted; choose from {', '.join(NAMES)}")
+  indicator_names(",".join(names))  # a one-line ConfigError for an unknown name
   if any(n in FEATURE for n in names) and model.features is None:
     raise ValueError("indicators: feature indicators need a model with `features`")
   params_shape, state_shape = jax.eval_shape(model.init, jax.random.key(0))
@@ -352,6 +348,8 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
     loss_i = lambda p, example: example_loss(p, model_state, example)
     mean_loss = lambda p: jnp.mean(jax.vmap(loss_i, in_axes=(None, 0))(p, batch))
     grads = jax.grad(mean_loss)(params)
+    if updates is None:
+      updates = jax.tree.map(jnp.zeros_like, params)
     out = {}
 
     def both(network_value, layer_values):
@@ -365,8 +363,7 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
     if "gradient_norm" in wanted:
       out["gradient_norm"] = both(total_norm(grads), norms(layers, grads))
     if "update_norm" in wanted:
-      u = jax.tree.map(jnp.zeros_like, params) if updates is None else updates
-      out["update_norm"] = both(total_norm(u), norms(layers, u))
+      out["update_norm"] = both(total_norm(updates), norms(layers, updates))
     if "grad_param_ratio" in wanted:
       out["grad_param_ratio"] = both(ratio_of_means(network, grads, params)[0],
                                      ratio_of_means(layers, grads, params))
@@ -407,20 +404,10 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       signals = signals._replace(eigenvectors=blocks.vectors)
       out["sharpness"] = both(whole.values[0], blocks.values)
     if wanted & set(SIGNALS):
-      kind = options.effective_step
-      if kind == "auto":
-        kind = "adam" if scheduler._find(opt_state, optax.ScaleByAdamState) is not None \
-            else "generic"
       m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
-      u = jax.tree.map(jnp.zeros_like, params) if updates is None else updates
-      step, agg = scheduler.layer_step(kind, layers, opt_state, count, m, grads, u,
-                                       learning_rate, momentum)
-      noise_fn = None
-      if model.dense_inputs is not None:  # per-example norms without per-example gradients
-        def noise_fn(p, g):
-          inputs = model.dense_inputs(p, model_state, batch[0])
-          return estimators.dense_gradient_noise(loss_i, p, batch, layers, inputs, mean_grads=g)
-
+      step, agg = scheduler.layer_step(options.effective_step, layers, opt_state, count, m,
+                                       grads, updates, learning_rate, momentum)
+      noise_fn = estimators.dense_noise_fn(loss_i, batch, model.dense_inputs, model_state)
       signals, check = scheduler.observe(
           signals, layers, params, grads, loss_i, batch, step, agg, keys[3],
           beta=options.beta, kappa=options.kappa, variance=options.variance,

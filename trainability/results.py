@@ -24,9 +24,9 @@ def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
   if not heldout:
     values.pop("heldout_accuracy")
   if metrics.checks is not None:  # the scheduler's own checks, on training minibatches
-    values["rho_hat"] = rho_hat(metrics.checks)
+    values["rho_hat"] = rho_hat(metrics.checks.crossed)
   elif metrics.indicators is not None and "crossed" in metrics.indicators:
-    values["rho_hat"] = np.asarray(metrics.indicators["crossed"]).any(-1).mean(-1)
+    values["rho_hat"] = rho_hat(metrics.indicators["crossed"])
   rows = []
   for s, seed in enumerate(seeds):
     for j, task in enumerate(task_ids):
@@ -36,12 +36,13 @@ def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
   return rows
 
 
-def rho_hat(checks) -> np.ndarray:
+def rho_hat(crossed) -> np.ndarray:
   """Fraction of a task's checks at which some layer's step exceeded alpha~*.
 
-  `checks.crossed` has shape (..., checks, layers); the result (...,).
+  `crossed` (a Check's, or the `crossed` indicator) has shape
+  (..., checks, layers); the result (...,).
   """
-  return np.asarray(checks.crossed).any(-1).mean(-1)
+  return np.asarray(crossed).any(-1).mean(-1)
 
 
 def check_rows(checks, seeds: Sequence[int], task_ids: Sequence[int],

@@ -198,11 +198,8 @@ def noise_curvature_scheduler(
   def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
              gradient_noise):
     key, measure_key = jax.random.split(state.key)
-    kind = effective_step
-    if kind == "auto":
-      kind = "adam" if _find(state.inner, optax.ScaleByAdamState) is not None else "generic"
-    step, agg = layer_step(kind, layers, state.inner, state.count, state.multiplier, grads,
-                           scaled, learning_rate, momentum)
+    step, agg = layer_step(effective_step, layers, state.inner, state.count, state.multiplier,
+                           grads, scaled, learning_rate, momentum)
     signals, m = observe(
         Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
         example_loss, batch, step, agg, measure_key, beta=beta, kappa=kappa,
@@ -279,11 +276,14 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
   """(alpha (G,), alpha_agg (G,)): each layer's effective step, and the sharpness normaliser.
 
   kind: "adam", "adam_elementwise" (read from the Adam moments in
-  `opt_state`), "sgd" (eta (1 - m^t) / (1 - m), t = `count`) or "generic"
-  (-<u, g> / ||g||^2 of the final `updates`). eta is the learning rate in an
+  `opt_state`), "sgd" (eta (1 - m^t) / (1 - m), t = `count`), "generic"
+  (-<u, g> / ||g||^2 of the final `updates`) or "auto" (adam if `opt_state`
+  holds Adam moments, else generic). eta is the learning rate in an
   `optax.inject_hyperparams` state, else `learning_rate`, times `multiplier`.
   alpha_agg is 1 except for Adam.
   """
+  if kind == "auto":
+    kind = "adam" if _find(opt_state, optax.ScaleByAdamState) is not None else "generic"
   hyper = _find(opt_state, _INJECTED_STATES)
   hparams = {} if hyper is None else hyper.hyperparams
   eta = hparams.get("learning_rate", learning_rate)

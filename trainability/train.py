@@ -229,13 +229,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
       hit_rate = jnp.mean(jnp.argmax(logits, -1) == y)
       if scheduled:
         loss_i = lambda p, example: example_loss(p, model_state, example)
-        noise_fn = None
-        if model.dense_inputs is not None:  # per-example norms without per-example grads
-          def noise_fn(p, g):
-            return estimators.dense_gradient_noise(
-                loss_i, p, (x, y), estimators.layers_of(p),
-                model.dense_inputs(p, model_state, x), mean_grads=g)
-
+        noise_fn = estimators.dense_noise_fn(loss_i, (x, y), model.dense_inputs, model_state)
         updates, new_opt_state = tx.update(
             grads, opt_state, params, example_loss=loss_i, batch=(x, y),
             task_step=task_step, step=task_step, gradient_noise=noise_fn)
@@ -251,8 +245,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
               multiplier=new_opt_state.multiplier if scheduled else None)
 
         def skip(s):
-          shapes = jax.eval_shape(evaluate, s)[0]
-          return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), s
+          return {n: jnp.zeros((len(suite.labels[n]),), jnp.float32) for n in suite.names}, s
 
         values, indicator_state = jax.lax.cond(
             (task_step + 1) % config.indicator_every == 0, evaluate, skip, indicator_state)
