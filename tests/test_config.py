@@ -51,6 +51,10 @@ def test_closed_fields_name_the_field_and_the_accepted_values(field):
     ({"kappa": 0.0}, "kappa"),
     ({"warm_fraction": 1.5}, "warm_fraction"),
     ({"floor": -0.1}, "floor"),
+    ({"indicators": "srank,nope"}, "indicators"),
+    ({"indicator_every": 0}, "indicator_every"),
+    ({"indicator_examples": -1}, "indicator_examples"),
+    ({"dormant_tau": -0.5}, "dormant_tau"),
     ({"heldout": True}, "heldout"),
 ])
 def test_bad_values_give_one_line_naming_the_field(changes, field):

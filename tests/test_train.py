@@ -209,6 +209,18 @@ def test_indicators_are_recorded_on_schedule_inside_the_vmapped_run(tiny_config)
   np.testing.assert_array_equal(metrics.online_accuracy, plain.online_accuracy)
 
 
+def test_probe_size_and_dormant_tau_reach_the_recorded_indicators(tiny_config):
+  def recorded(**changes):
+    config = tiny_config.replace(indicators="srank,dormant_fraction", indicator_every=10,
+                                 **changes)
+    return jax.jit(jax.vmap(make_trainer(config).train))(seed_keys(config)).indicators
+
+  small, default = recorded(indicator_examples=6), recorded()
+  assert np.max(small["srank"]) <= 6 < np.max(default["srank"])  # rank <= examples
+  assert np.all(recorded(dormant_tau=1e9)["dormant_fraction"] == 1.0)
+  assert np.all(default["dormant_fraction"] < 1.0)
+
+
 def test_indicators_stay_a_conditional_under_vmap(tiny_config):
   """Off-schedule steps skip the indicators: one `cond` survives vmap over seeds
   (the schedule reads the unbatched step counter), none without indicators."""
