@@ -38,6 +38,15 @@ def test_closed_fields_name_the_field_and_the_accepted_values(field):
     ({"b2": -0.1}, "b2"),
     ({"weight_decay": -1e-3}, "weight_decay"),
     ({"l2": -1e-3}, "l2"),
+    ({"regularizer": "l2_init", "reg_coef": -1.0}, "reg_coef"),
+    ({"shrink_perturb": "step", "shrink": 1.5}, "shrink"),
+    ({"shrink_perturb": "task", "perturb": -0.1}, "perturb"),
+    ({"unit_reset": "cbp", "replacement_rate": 2.0}, "replacement_rate"),
+    ({"unit_reset": "cbp", "maturity": -1}, "maturity"),
+    ({"unit_reset": "cbp", "maturity": 2.5}, "maturity"),
+    ({"unit_reset": "cbp", "utility_decay": 1.0}, "utility_decay"),
+    ({"unit_reset": "redo", "redo_every": 0}, "redo_every"),
+    ({"unit_reset": "redo", "redo_tau": -0.1}, "redo_tau"),
     ({"channels": ()}, "channels"),
     ({"channels": (16, 0)}, "channels"),
     ({"model": "cnn", "dataset": "mnist1d"}, "model"),
@@ -72,3 +81,24 @@ def test_heldout_is_accepted_where_test_labels_exist():
 def test_from_dict_rejects_unknown_fields():
   with pytest.raises(ConfigError, match="^learning_rate: unknown config field; accepted fields: "):
     Config.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"reg_coef": 0.1},
+     "reg_coef: has no effect with regularizer 'none'; it acts only with regularizer "
+     "l2_init or wasserstein or spectral or orthogonal"),
+    ({"shrink": 0.1}, "shrink: has no effect with shrink_perturb 'none'; it acts only with "
+                      "shrink_perturb step or task"),
+    ({"perturb_noise": "init"}, "perturb_noise: has no effect with shrink_perturb 'none'"),
+    ({"maturity": 5, "unit_reset": "redo"},
+     "maturity: has no effect with unit_reset 'redo'; it acts only with unit_reset cbp"),
+    ({"redo_every": 5}, "redo_every: has no effect with unit_reset 'none'"),
+])
+def test_a_baseline_setting_without_its_baseline_is_refused_not_ignored(changes, message):
+  with pytest.raises(ConfigError, match="^" + message):
+    Config(**changes)
+  switches = {"reg_coef": {"regularizer": "wasserstein"}, "shrink": {"shrink_perturb": "step"},
+              "perturb_noise": {"shrink_perturb": "task"}, "maturity": {"unit_reset": "cbp"},
+              "redo_every": {"unit_reset": "redo"}}
+  name = next(iter(changes))
+  Config(**{**changes, **switches[name]})

@@ -89,3 +89,33 @@ def test_indicator_report_ranks_every_indicator_column(tmp_path, monkeypatch):
   assert all(int(r["n"]) == 2 * 3 and int(r["n_next"]) == 2 * 2 for r in rows)
   assert (tmp_path / "r.png").stat().st_size > 10_000
   assert (tmp_path / "r.md").read_text().count("\n| ") >= len(rows)
+
+
+def test_baselines_writes_table_and_figure(tmp_path, monkeypatch, capsys):
+  script = _load("baselines", monkeypatch)
+  script.main(TINY + ["--baselines", "adam,shrink_perturb", "--schedulers", "none,tuned",
+                      "--out", str(tmp_path), "--name", "b"])
+  rows = _rows(tmp_path / "b.csv")
+  assert [r["arm"] for r in rows[::4]] == ["adam", "adam + tuned", "shrink_perturb",
+                                           "shrink_perturb + tuned"]
+  table = _rows(tmp_path / "b_table.csv")
+  assert [r["arm"] for r in table] == [r["arm"] for r in rows[::4]]
+  for r in table:  # the table is the mean over seeds of the per-task rows
+    per_seed = [float(x["online_accuracy"]) for x in rows if x["arm"] == r["arm"]
+                and x["task"] == "1"]
+    assert abs(float(r["task_2"]) - sum(per_seed) / 2) < 1e-3
+  assert (tmp_path / "b.png").stat().st_size > 10_000
+  assert "wrote" in capsys.readouterr().out
+
+
+def test_every_baseline_is_a_valid_config(monkeypatch):
+  script = _load("baselines", monkeypatch)
+  runs = script.arm_configs(Config(), list(script.BASELINES), ["none", "tuned"])
+  assert len(runs) == 2 * len(script.BASELINES)
+  by_name = {name: config for name, _, _, config in runs}
+  assert by_name["cbp + tuned"].unit_reset == "cbp"
+  assert by_name["cbp + tuned"].scheduler == "noise_curvature"
+  assert by_name["wasserstein"].regularizer == "wasserstein"
+  assert by_name["fourier"].activation == "fourier"
+  with pytest.raises(SystemExit, match="--baselines: 'sam' is not accepted"):
+    script.main(["--baselines", "adam,sam"])

@@ -37,6 +37,15 @@ def test_crelu_doubles_the_output_width_and_the_next_fan_in():
                                 [[0.0, 0.5, 3.0, 2.0, 0.0, 0.0]])
 
 
+def test_fourier_features_are_sin_and_cos_and_double_the_width():
+  model, params, _ = build(activation="fourier")
+  assert params["hidden_1"]["dense"]["kernel"].shape == (64, 32)
+  assert model.copies == 2 and models.activation_copies("relu") == 1
+  h = jnp.array([[0.0, jnp.pi / 2]])
+  np.testing.assert_allclose(models.activation_fn("fourier")(h), [[0.0, 1.0, 1.0, 0.0]],
+                             atol=1e-7)
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_activation_runs_and_is_finite(activation):
   model, params, state = build(activation=activation)

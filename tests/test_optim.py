@@ -82,3 +82,22 @@ def test_unknown_and_missing_hyperparameters_are_refused():
     optim.make_optimizer("adam", hparams)
   with pytest.raises(ConfigError, match="optimizer: 'rmsprop' is not accepted"):
     optim.make_optimizer("rmsprop", hparams)
+
+
+@pytest.mark.parametrize("name, plain", [
+    ("adam", lambda: optax.adam(1e-3)),
+    ("adamw", lambda: optax.adamw(1e-3, weight_decay=1e-4)),
+])
+def test_element_counts_are_the_same_optimizer_without_resets(name, plain):
+  tx = optim.make_optimizer(name, optim.default_hparams(Config(optimizer=name)),
+                            element_counts=True)
+  for ours, theirs in zip(_updates(tx, steps=5), _updates(plain(), steps=5)):
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-10)
+  counts = tx.update(GRADS, tx.init(PARAMS), PARAMS)[1].inner_state[1][0].count
+  chex.assert_trees_all_equal(counts, jax.tree.map(lambda p: jnp.ones(p.shape, jnp.int32), PARAMS))
+
+
+def test_element_counts_leave_sgd_unchanged():
+  hparams = optim.default_hparams(Config(optimizer="sgd"))
+  ours = _updates(optim.make_optimizer("sgd", hparams, element_counts=True))
+  chex.assert_trees_all_equal(ours, _updates(optim.make_optimizer("sgd", hparams)))

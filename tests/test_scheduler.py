@@ -67,6 +67,28 @@ def test_adam_effective_step_matches_a_hand_computation():
   np.testing.assert_array_equal(zero, [0.0, 0.0])
 
 
+def test_adam_effective_step_with_per_element_counts():
+  params = {"a": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}, "b": {"kernel": jnp.zeros((3, 1))}}
+  layers = estimators.layers_of(params)
+  nu = {"a": {"kernel": jnp.array([[1e-4, 4e-4], [9e-4, 16e-4]]), "bias": jnp.array([5.0, 5.0])},
+        "b": {"kernel": jnp.full((3, 1), 2.5e-5)}}
+  eta, b1, b2, eps = jnp.array([1e-3, 2e-3]), 0.9, 0.999, 1e-8
+  counts = lambda t: jax.tree.map(lambda v: jnp.full(v.shape, t, jnp.int32), nu)
+  for elementwise in (False, True):  # equal counts: the shared-count values
+    ours = adam_effective_step(layers, nu, counts(10), eta, b1, b2, eps, elementwise)
+    shared = adam_effective_step(layers, nu, 10, eta, b1, b2, eps, elementwise)
+    np.testing.assert_allclose(ours, shared, rtol=1e-5)
+  np.testing.assert_array_equal(adam_effective_step(layers, nu, counts(0), eta, b1, b2, eps)[0],
+                                [0.0, 0.0])
+  # Two reset elements (count 0) take no step; the others are corrected by their own count.
+  mixed = counts(10)
+  mixed["a"]["kernel"] = jnp.array([[0, 0], [10, 10]], jnp.int32)
+  alpha, _ = adam_effective_step(layers, nu, mixed, eta, b1, b2, eps, elementwise=True)
+  values, bc1, bc2 = np.array([9e-4, 16e-4]), 1 - b1**10, 1 - b2**10
+  expected = np.sum(1e-3 / (bc1 * (np.sqrt(values / bc2) + eps))) / 4
+  np.testing.assert_allclose(alpha[0], expected, rtol=1e-5)
+
+
 def test_generic_effective_step_of_plain_sgd_is_its_learning_rate():
   params = {"a": {"kernel": jnp.ones((2, 2))}, "b": {"kernel": jnp.ones((2,))[:, None]}}
   layers = estimators.layers_of(params)

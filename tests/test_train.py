@@ -6,7 +6,7 @@ import pytest
 
 from trainability import data
 from trainability.config import ConfigError
-from trainability.train import make_train, make_trainer, seed_keys
+from trainability.train import make_train, make_trainer, run_hparams, seed_keys
 
 
 def run(config, keys=None, hparams=None):
@@ -235,3 +235,125 @@ def test_indicators_stay_a_conditional_under_vmap(tiny_config):
 def test_indicator_schedule_longer_than_a_task_is_refused(tiny_config):
   with pytest.raises(ConfigError, match="indicator_every: 10000 is more than the"):
     make_trainer(tiny_config.replace(indicators="srank", indicator_every=10_000))
+
+
+# Baselines (regularizers, shrink & perturb, unit resets) inside the run.
+
+def _params_after(config, hparams=None, tasks=1):
+  trainer = make_trainer(config)
+  state = trainer.init(jax.random.key(0), hparams)
+  return state, jax.jit(trainer.run_tasks)(state, jnp.arange(tasks))
+
+
+@pytest.mark.parametrize("changes, name, value", [
+    ({"regularizer": "l2_init"}, "reg_coef", 1.0),
+    ({"regularizer": "wasserstein"}, "reg_coef", 1.0),
+    ({"regularizer": "spectral"}, "reg_coef", 0.1),
+    ({"regularizer": "orthogonal"}, "reg_coef", 0.1),
+    ({"shrink_perturb": "step"}, "shrink", 0.01),
+    ({"shrink_perturb": "step"}, "perturb", 0.01),
+    ({"shrink_perturb": "task"}, "perturb", 0.1),
+    ({"unit_reset": "cbp", "maturity": 5}, "replacement_rate", 0.05),
+])
+def test_a_baseline_at_zero_strength_is_plain_training_and_its_strength_is_traced(
+    tiny_config, changes, name, value):
+  plain = as_numpy(run(tiny_config, jnp.stack([jax.random.key(0)] * 2)))
+  config = tiny_config.replace(**changes)
+  zero = {k: 0.0 for k in ("reg_coef", "shrink", "perturb", "replacement_rate")
+          if k in run_hparams(config)}
+  hparams = {k: jnp.array([v, value if k == name else v]) for k, v in zero.items()}
+  swept = as_numpy(run(config, jnp.stack([jax.random.key(0)] * 2), hparams))
+  for metric in ("online_accuracy", "loss", "final_accuracy"):
+    np.testing.assert_allclose(swept[metric][0], plain[metric][0], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(swept["loss"][1], plain["loss"][1], rtol=1e-4)
+
+
+def test_l2_init_holds_the_params_near_their_initialization(tiny_config):
+  config = tiny_config.replace(regularizer="l2_init", optimizer="sgd", lr=0.05)
+
+  def distance(coef):
+    state, (trained, _) = _params_after(config, {"reg_coef": coef}, tasks=2)
+    return sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(
+        jax.tree.leaves(trained.params), jax.tree.leaves(state.params)))
+
+  assert distance(2.0) < 0.5 * distance(0.0)
+
+
+def test_redo_resets_the_dead_units_in_the_run(tiny_config):
+  config = tiny_config.replace(unit_reset="redo", redo_every=20, redo_tau=0.0, epochs=2)
+  trainer = make_trainer(config)  # 20 steps per task: one ReDo pass, after the last step
+  state = trainer.init(jax.random.key(0))
+  dead = np.arange(32) < 4  # units 0-3: no input weights, bias -10: never active
+  layer = state.params["hidden_0"]["dense"]
+  killed = {"kernel": jnp.where(dead, 0.0, layer["kernel"]), "bias": jnp.where(dead, -10.0, 0.0)}
+  params = {**state.params, "hidden_0": {"dense": killed}}
+  trained, _ = jax.jit(trainer.run_tasks)(state._replace(params=params), jnp.arange(1))
+  fresh = trainer.model.init(jax.random.fold_in(
+      jax.random.split(jax.random.fold_in(state.intervention_key, 0))[1], 19))[0]
+  new = trained.params["hidden_0"]["dense"]
+  np.testing.assert_allclose(new["kernel"][:, dead], fresh["hidden_0"]["dense"]["kernel"][:, dead],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(new["bias"][dead], 0.0)
+  np.testing.assert_array_equal(trained.params["output"]["kernel"][dead], 0.0)
+  # Of the live units only the few that were silent on that step's batch were
+  # reset (dormant_units and reset_units are tested exactly in test_interventions).
+  reset = np.all(np.asarray(trained.params["output"]["kernel"]) == 0, axis=1)
+  assert reset[dead].all() and reset[~dead].sum() <= 3
+  np.testing.assert_array_equal(np.asarray(new["bias"])[reset], 0.0)
+  assert np.all(np.asarray(new["bias"])[~reset] != 0)
+
+
+def test_continual_backprop_replaces_units_at_its_rate_in_the_run(tiny_config):
+  config = tiny_config.replace(unit_reset="cbp", maturity=30, replacement_rate=0.01)
+  state, (trained, metrics) = _params_after(config, tasks=3)  # 60 steps
+  age = np.asarray(trained.unit_state.age["hidden_0"])
+  replaced = int(np.sum(age < 60))  # a replaced unit cannot mature again by step 60
+  # Steps 31-60: 0.01 x (32 - units replaced so far) each, about 9 units in all.
+  assert 8 <= replaced <= 10
+  assert np.all(np.isfinite(np.asarray(metrics.loss)))
+  np.testing.assert_array_equal(
+      np.asarray(trained.params["output"]["kernel"])[age < 1], 0.0)
+
+
+@pytest.mark.parametrize("changes", [
+    {"regularizer": "wasserstein"},
+    {"regularizer": "spectral"},
+    {"shrink_perturb": "step"},
+    {"shrink_perturb": "task", "perturb_noise": "init", "shrink": 0.5},
+    {"unit_reset": "cbp", "maturity": 5, "replacement_rate": 0.01},
+    {"unit_reset": "redo", "redo_every": 10},
+    {"activation": "fourier"},
+    {"activation": "identity", "depth": 3},
+    {"unit_reset": "cbp", "maturity": 5, "model": "cnn", "channels": (4,), "width": 16},
+])
+def test_each_baseline_runs_with_the_scheduler_under_jit_and_vmap(tiny_config, changes):
+  config = tiny_config.replace(scheduler="noise_curvature", check_every=5, **changes)
+  metrics = run(config)
+  for leaf in jax.tree.leaves((metrics.online_accuracy, metrics.loss, metrics.checks)):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+  assert metrics.checks.alpha.shape[:3] == (2, 3, 4)
+
+
+def test_the_schedulers_noise_is_the_data_losss_under_a_penalty():
+  from trainability import estimators
+  from trainability.train import _data_noise_fn
+  params = {"a": {"kernel": jnp.array([[1.0, -2.0], [0.5, 1.0]])}}
+  batch = (jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), jnp.array([0.5, -1.0, 2.0]))
+  loss_i = lambda p, ex: (ex[0] @ p["a"]["kernel"]).sum() - ex[1]
+  data_grads = jax.grad(lambda p: jnp.mean(jax.vmap(lambda *e: loss_i(p, e))(*batch)))(params)
+  noisy = jax.tree.map(lambda g: g + 10.0, data_grads)  # loss + penalty gradient
+  ours = _data_noise_fn(None, loss_i, batch, data_grads)(params, noisy)
+  expected = estimators.gradient_noise(loss_i, params, batch, estimators.layers_of(params),
+                                       mean_grads=data_grads)
+  np.testing.assert_allclose(ours.grad_sq, expected.grad_sq)
+  np.testing.assert_allclose(ours.sigma2, expected.sigma2)
+
+
+def test_baseline_errors_name_the_field(tiny_config):
+  with pytest.raises(ConfigError, match="^hparams: 'shrink' has no effect with shrink_perturb "
+                                        "'none'; it acts only with shrink_perturb step or task"):
+    make_trainer(tiny_config).init(jax.random.key(0), {"shrink": 0.1})
+  with pytest.raises(ConfigError, match="^redo_every: 1000 is more than the 20 steps of a task"):
+    make_trainer(tiny_config.replace(unit_reset="redo"))
+  with pytest.raises(ConfigError, match="^unit_reset: needs hidden units"):
+    make_trainer(tiny_config.replace(unit_reset="cbp", depth=0))

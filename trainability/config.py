@@ -16,7 +16,8 @@ from typing import Any
 DATASETS = ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
 STREAMS = ("random_labels", "permuted_inputs", "shuffled_labels", "class_incremental")
 MODELS = ("mlp", "cnn")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus",
+               "fourier")
 NORMS = ("none", "layernorm", "batchnorm")
 INITS = ("kaiming", "lecun")
 NORMALIZATIONS = ("standardize", "per_feature", "unit", "none")
@@ -24,6 +25,23 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 RESETS = ("none", "model", "optimizer", "both")
 SCHEDULERS = ("none", "noise_curvature")
 VARIANCES = ("windowed", "instantaneous")
+REGULARIZERS = ("none", "l2_init", "wasserstein", "spectral", "orthogonal")
+SHRINK_PERTURB = ("none", "step", "task")
+PERTURB_NOISES = ("gaussian", "init")
+UNIT_RESETS = ("none", "cbp", "redo")
+
+# Fields that only act when another field selects them: (switch, values that
+# use them, fields). A field given without its switch is an error, not ignored;
+# the numeric ones are traced run hyperparameters (`train.Trainer.init`'s
+# hparams), so a sweep over them compiles once.
+SWITCHED_FIELDS = (
+    ("regularizer", REGULARIZERS[1:], ("reg_coef",)),
+    ("shrink_perturb", SHRINK_PERTURB[1:], ("shrink", "perturb", "perturb_noise")),
+    ("unit_reset", ("cbp",), ("replacement_rate", "maturity", "utility_decay")),
+    ("unit_reset", ("redo",), ("redo_every", "redo_tau")),
+)
+TRACED_FIELDS = ("reg_coef", "shrink", "perturb", "replacement_rate", "maturity",
+                 "utility_decay", "redo_tau")
 EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
 
 
@@ -126,6 +144,29 @@ class Config:
       "none", "what to re-initialize at each task boundary", RESETS
   )
 
+  # Baselines against loss of trainability (regularizers.py, interventions.py).
+  regularizer: str = _field(
+      "none", "penalty added to the loss (to the initial params for l2_init, wasserstein)",
+      REGULARIZERS)
+  reg_coef: float = _field(1e-3, "regularizer: its coefficient")
+  shrink_perturb: str = _field(
+      "none", "shrink & perturb theta <- (1 - shrink) theta + perturb eps: every step, "
+      "at each task boundary, or none", SHRINK_PERTURB)
+  shrink: float = _field(1e-4, "shrink_perturb: shrink, in [0, 1]")
+  perturb: float = _field(1e-4, "shrink_perturb: perturb, the noise scale")
+  perturb_noise: str = _field(
+      "gaussian", "shrink_perturb: eps is standard normal, or a fresh init (Ash & Adams)",
+      PERTURB_NOISES)
+  unit_reset: str = _field(
+      "none", "re-initialize hidden units: cbp (continual backprop, every step) or redo "
+      "(dormant units, every redo_every steps)", UNIT_RESETS)
+  replacement_rate: float = _field(1e-4, "cbp: units replaced per eligible unit and step")
+  maturity: int = _field(100, "cbp: steps before a unit may be replaced")
+  utility_decay: float = _field(0.99, "cbp: decay of the running contribution utility")
+  redo_every: int = _field(1000, "redo: steps of a task between resets of dormant units")
+  redo_tau: float = _field(
+      0.1, "redo: a unit is dormant when its mean |activation| / the layer's mean <= tau")
+
   # The noise-curvature per-layer step-size scheduler (method.md section 4).
   scheduler: str = _field(
       "none", "per-layer step-size scheduler wrapped around the optimizer", SCHEDULERS)
@@ -174,7 +215,9 @@ class Config:
         )
     _positive_int(self, "tasks", "epochs", "batch_size", "width", "seeds",
                   "chunk_tasks", "classes_per_task", "check_every", "window",
-                  "power_iterations", "indicator_every", "indicator_examples")
+                  "power_iterations", "indicator_every", "indicator_examples", "redo_every")
+    if isinstance(self.maturity, bool) or not isinstance(self.maturity, int) or self.maturity < 0:
+      raise ConfigError(f"maturity: {self.maturity!r} is not accepted; give an integer >= 0")
     if not isinstance(self.depth, int) or self.depth < 0:
       raise ConfigError(f"depth: {self.depth!r} is not accepted; give an integer >= 0")
     if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 0):
@@ -200,6 +243,21 @@ class Config:
     _in_range(self, "warm_fraction", 0.0, 1.0)
     _in_range(self, "floor", 0.0, math.inf)
     _in_range(self, "dormant_tau", 0.0, math.inf)
+    _in_range(self, "reg_coef", 0.0, math.inf)
+    _in_range(self, "shrink", 0.0, 1.0)
+    _in_range(self, "perturb", 0.0, math.inf)
+    _in_range(self, "replacement_rate", 0.0, 1.0)
+    _in_range(self, "utility_decay", 0.0, 1.0, high_open=True)
+    _in_range(self, "redo_tau", 0.0, math.inf)
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    for switch, used_with, names in SWITCHED_FIELDS:
+      if getattr(self, switch) in used_with:
+        continue
+      for name in names:
+        if getattr(self, name) != defaults[name]:
+          raise ConfigError(
+              f"{name}: has no effect with {switch} {getattr(self, switch)!r}; it acts only "
+              f"with {switch} {' or '.join(used_with)}")
     indicator_names(self.indicators)
     if self.model == "cnn" and self.dataset == "mnist1d":
       raise ConfigError(

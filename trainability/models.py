@@ -7,10 +7,13 @@ Each hidden block holds `dense` (or `conv`) and, with a norm layer, `norm`.
 
 Hidden kernels use Kaiming (He) normal init with the gain of the activation
 (relu, crelu, swish, softplus: 2; leaky_relu: 2 / (1 + slope^2); tanh: 25/9;
-identity: 1; variance = gain / fan_in, untruncated normal as torch's
+identity: 1; fourier: 1; variance = gain / fan_in, untruncated normal as torch's
 kaiming_normal_) or LeCun normal (variance 1 / fan_in). The output layer is
 always LeCun normal; biases start at zero. CReLU concatenates relu(h) and
-relu(-h), so a layer's output width doubles and the next fan-in doubles.
+relu(-h), and the Fourier-feature activation (Lewandowski et al. 2024, "deep
+Fourier features") concatenates sin(h) and cos(h): for both, a layer's output
+width doubles and the next fan-in doubles (`activation_copies`). `identity`
+makes the MLP a deep linear network.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ class Model(NamedTuple):
   """A pure model. `apply(params, state, x, train)` returns (logits, new_state).
 
   `features(params, state, x)` returns {hidden layer: Features} (eval mode),
-  for the feature indicators (unit-sign entropy, dormant units, feature rank);
-  None for a model built with `from_module` alone.
+  for the feature indicators (unit-sign entropy, dormant units, feature rank)
+  and the unit resets; None for a model built with `from_module` alone.
+  `hidden` names the hidden layers in order (the keys of `features`), and
+  `copies` is `activation_copies` of their activation.
   `dense_inputs(params, state, x)`, for models made only of dense layers (an
   MLP without norm layers; None otherwise), returns {layer: (B, fan_in)
   input of that layer's kernel}, for per-example gradient norms without
@@ -47,6 +52,8 @@ class Model(NamedTuple):
   apply: Callable[..., tuple[jax.Array, dict]]
   dense_inputs: Callable[..., dict] | None = None
   features: Callable[..., dict] | None = None
+  hidden: tuple[str, ...] = ()
+  copies: int = 1
 
 
 def activation_fn(name: str, leaky_slope: float = 0.01) -> Callable[[jax.Array], jax.Array]:
@@ -58,10 +65,20 @@ def activation_fn(name: str, leaky_slope: float = 0.01) -> Callable[[jax.Array],
       "crelu": lambda h: jnp.concatenate([nn.relu(h), nn.relu(-h)], axis=-1),
       "swish": nn.swish,
       "softplus": nn.softplus,
+      "fourier": lambda h: jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1),
   }
   if name not in fns:
     raise ValueError(f"activation: {name!r} is not accepted; choose one of {', '.join(fns)}")
   return fns[name]
+
+
+def activation_copies(name: str) -> int:
+  """How many outputs an activation makes per unit: 2 for crelu and fourier, else 1.
+
+  The copies are concatenated on the last axis, copy-major: output index
+  copy * units + unit.
+  """
+  return 2 if name in ("crelu", "fourier") else 1
 
 
 def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) -> float:
@@ -74,6 +91,7 @@ def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) ->
       "leaky_relu": 2.0 / (1.0 + leaky_slope**2),
       "tanh": 25.0 / 9.0,
       "identity": 1.0,
+      "fourier": 1.0,
   }.get(activation, 2.0)
 
 
@@ -201,7 +219,8 @@ def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
       out[name] = Features(layer[inner]["__call__"][0], layer["__call__"][0])
     return out
 
-  model = model._replace(features=features)
+  model = model._replace(features=features, hidden=tuple(hidden),
+                         copies=activation_copies(config.activation))
   if config.model == "mlp" and config.norm == "none":
     def dense_inputs(params, state, x):
       blocks = captured(params, state, x)

@@ -8,6 +8,15 @@ Every optimizer also takes `l2`, the coupled L2 penalty of PyTorch's
 `weight_decay` argument (and of the paper's L2 arm): `l2 * params` is added to
 the gradient before the optimizer sees it, so Adam normalizes it like the rest
 of the gradient. AdamW's `weight_decay` is the decoupled kind, applied after.
+
+`make_optimizer(..., element_counts=True)` gives Adam and AdamW one step count
+per parameter element instead of one per optimizer (`scale_by_adam_per_element`),
+so that a unit reset (continual backprop, ReDo) can hand the replaced weights
+a truly fresh Adam state: zero moments *and* a zero count, so their bias
+correction starts over. With one shared count, zeroed moments of a reset weight
+would be "corrected" as if they had hundreds of steps behind them, and its first
+updates would be several times too large. Without resets the two are the same
+optimizer (tested).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import inspect
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -35,6 +45,45 @@ def _with_coupled_l2(factory):
   return make
 
 
+def scale_by_adam_per_element(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+  """`optax.scale_by_adam` with a step count per element (state.count is a tree like params).
+
+  The state is an `optax.ScaleByAdamState`, so code that reads Adam's moments
+  (the scheduler's effective step) finds it; its `count` is an int32 tree.
+  """
+
+  def init(params):
+    zeros = lambda p: jnp.zeros_like(p)
+    return optax.ScaleByAdamState(
+        count=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.int32), params),
+        mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+
+  def update(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
+    nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+    count = jax.tree.map(optax.safe_increment, state.count)
+
+    def scaled(m, v, t):
+      t = t.astype(m.dtype)
+      return (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+
+    return jax.tree.map(scaled, mu, nu, count), optax.ScaleByAdamState(count, mu, nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _adam_per_element(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
+  return optax.chain(scale_by_adam_per_element(b1, b2, eps),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def _adamw_per_element(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4):
+  return optax.chain(scale_by_adam_per_element(b1, b2, eps),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
 _ADAM = {"learning_rate": "lr", "b1": "b1", "b2": "b2", "eps": "eps", "l2": "l2"}
 
 # Optimizer name -> (factory, {hyperparameter: Config field}).
@@ -45,6 +94,10 @@ OPTIMIZERS = {
                                           "l2": "l2"}),
 }
 
+# The same optimizers with a step count per element (only Adam's count is per step).
+ELEMENT_COUNT_FACTORIES = {"adam": _with_coupled_l2(_adam_per_element),
+                           "adamw": _with_coupled_l2(_adamw_per_element)}
+
 
 def default_hparams(config) -> dict[str, jnp.ndarray]:
   """The optimizer's hyperparameters from a Config, as float32 scalars."""
@@ -52,9 +105,16 @@ def default_hparams(config) -> dict[str, jnp.ndarray]:
   return {name: jnp.float32(getattr(config, field)) for name, field in fields.items()}
 
 
-def make_optimizer(name: str, hparams: Mapping[str, jnp.ndarray]) -> optax.GradientTransformation:
-  """An injectable optax optimizer; `hparams` may be traced arrays."""
+def make_optimizer(name: str, hparams: Mapping[str, jnp.ndarray],
+                   element_counts: bool = False) -> optax.GradientTransformation:
+  """An injectable optax optimizer; `hparams` may be traced arrays.
+
+  element_counts: Adam/AdamW keep a step count per element (see the module
+  doc); SGD has no count, so it is unchanged.
+  """
   factory, fields = _lookup(name)
+  if element_counts:
+    factory = ELEMENT_COUNT_FACTORIES.get(name, factory)
   unknown = sorted(set(hparams) - set(fields))
   if unknown:
     raise ConfigError(

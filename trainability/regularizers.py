@@ -28,7 +28,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-REGULARIZERS = ("none", "l2_init", "wasserstein", "spectral", "orthogonal")
+from trainability.config import REGULARIZERS
 
 
 def _kernels(params):

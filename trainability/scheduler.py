@@ -335,7 +335,12 @@ def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False):
   over the kernel's elements of eta / ((1 - b1^t) (sqrt(nu_i / (1 - b2^t)) + eps)).
   alpha_agg = eta / (sqrt(mean v_hat) + eps), the normaliser of the sharpness.
   Before the first update (t = 0) the step is defined as 0.
+  `count` is Adam's step count, or a tree of per-element counts shaped like
+  `nu` (`optim.scale_by_adam_per_element`): then the bias corrections are per
+  element and an element that has not been updated since its reset counts 0.
   """
+  if jax.tree.structure(count) == jax.tree.structure(nu) and jax.tree.leaves(count)[0].ndim:
+    return _adam_effective_step_per_element(layers, nu, count, eta, b1, b2, eps, elementwise)
   t = jnp.asarray(count, jnp.float32)
   started = t > 0
   bc1 = jnp.where(started, 1 - b1**t, 1.0)
@@ -348,6 +353,31 @@ def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False):
     inverse_scale = estimators.per_layer_mean(layers, per_element, layers.is_weight)
   alpha = jnp.where(started, eta * inverse_scale / bc1, 0.0)
   return alpha, jnp.where(started, eta * agg, 0.0)
+
+
+def _adam_effective_step_per_element(layers, nu, counts, eta, b1, b2, eps, elementwise):
+  """adam_effective_step with one count per element (same values for equal counts)."""
+  def corrections(t):
+    t = t.astype(jnp.float32)
+    started = t > 0
+    return (started, jnp.where(started, 1 - b1**t, 1.0), jnp.where(started, 1 - b2**t, 1.0))
+
+  def of_mean(v, t):
+    _, _, bc2 = corrections(t)
+    return 1.0 / (jnp.sqrt(jnp.mean(v / bc2)) + eps)
+
+  def step(v, t):
+    started, bc1, bc2 = corrections(t)
+    inv_bc1 = jnp.where(started, 1.0 / bc1, 0.0)
+    if elementwise:
+      return jnp.mean(inv_bc1 / (jnp.sqrt(v / bc2) + eps))
+    return jnp.mean(inv_bc1) * of_mean(v, t)
+
+  agg = estimators.per_layer_mean(layers, jax.tree.map(of_mean, nu, counts), layers.is_weight)
+  alpha = estimators.per_layer_mean(layers, jax.tree.map(step, nu, counts), layers.is_weight)
+  started = estimators.per_layer_sum(
+      layers, jax.tree.map(lambda t: jnp.max(t).astype(jnp.float32), counts)) > 0
+  return eta * alpha, jnp.where(started, eta * agg, 0.0)
 
 
 def generic_effective_step(layers, grads, updates):

@@ -36,8 +36,10 @@ import numpy as np
 import optax
 
 from trainability import data as data_lib
-from trainability import estimators, indicators, models, optim, scheduler, tasks
-from trainability.config import Config, ConfigError, indicator_names
+from trainability import estimators, indicators, interventions, models, optim, regularizers
+from trainability import scheduler, tasks
+from trainability.config import SWITCHED_FIELDS, TRACED_FIELDS, Config, ConfigError
+from trainability.config import indicator_names
 
 EVAL_CHUNK = 1024  # examples per forward pass when measuring whole-split accuracy.
 
@@ -50,6 +52,11 @@ class RunState(NamedTuple):
   stream_key: jax.Array
   shuffle_key: jax.Array
   indicator_state: Any = None  # indicators.SuiteState when indicators are recorded
+  # The baselines' run hyperparameters (run_hparams), traced: {name: scalar}.
+  hparams: Any = None
+  anchor: Any = None      # regularizer l2_init/wasserstein: regularizers.prepare_anchor(init)
+  unit_state: Any = None  # unit_reset cbp: interventions.UnitState
+  intervention_key: Any = None  # randomness of shrink & perturb and unit resets
 
 
 class TaskMetrics(NamedTuple):
@@ -124,6 +131,16 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
         f"of a task, so no indicator would be recorded; give indicator_every <= "
         f"{steps_per_task}")
   probe_size = min(config.indicator_examples, n)
+  if config.unit_reset == "redo" and config.redo_every > steps_per_task:
+    raise ConfigError(
+        f"redo_every: {config.redo_every} is more than the {steps_per_task} steps of a task, "
+        f"so no unit would be reset; give redo_every <= {steps_per_task}")
+  regularized = config.regularizer != "none"
+  penalty = regularizers.penalty_fn(config.regularizer)
+  unit_reset = config.unit_reset != "none"
+  if unit_reset and not model.hidden:
+    raise ConfigError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
+  per_step_sp = config.shrink_perturb == "step"
 
   def example_loss(p, model_state, example):
     """One example's loss in eval mode (BatchNorm uses its running statistics)."""
@@ -139,7 +156,9 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
         momentum=config.momentum)
 
   def make_tx(hparams):
-    tx = optim.make_optimizer(config.optimizer, hparams)
+    # With unit resets, Adam counts steps per element, so a reset weight's
+    # state can be truly fresh (optim.scale_by_adam_per_element).
+    tx = optim.make_optimizer(config.optimizer, hparams, element_counts=unit_reset)
     if not scheduled:
       return tx
     return scheduler.noise_curvature_scheduler(
@@ -153,15 +172,30 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     return optim.hparams_of(config.optimizer, opt_state.inner if scheduled else opt_state)
 
   def init(key, hparams=None) -> RunState:
+    hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
     values = optim.default_hparams(config)
-    values.update({k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
+    run_values = run_hparams(config)
+    for name, value in hparams.items():
+      if name in run_values:
+        run_values[name] = value
+      elif name in TRACED_FIELDS:
+        switch, used_with = next((s, u) for s, u, names in SWITCHED_FIELDS if name in names)
+        raise ConfigError(f"hparams: {name!r} has no effect with {switch} "
+                          f"{getattr(config, switch)!r}; it acts only with {switch} "
+                          f"{' or '.join(used_with)}")
+      else:
+        values[name] = value  # make_optimizer refuses what is not the optimizer's
     init_key, stream_key, shuffle_key = jax.random.split(key, 3)
     params, model_state = model.init(init_key)
     opt_state = make_tx(values).init(params)
     indicator_state = None if suite is None else suite.init(
         params, jax.random.fold_in(init_key, 1))
+    anchor = regularizers.prepare_anchor(config.regularizer, params) if regularized else None
+    unit_state = (interventions.init_unit_state(model, params)
+                  if config.unit_reset == "cbp" else None)
     return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key,
-                    indicator_state)
+                    indicator_state, run_values, anchor, unit_state,
+                    jax.random.fold_in(key, 1))
 
   def loss_fn(params, model_state, x, y):
     logits, new_state = model.apply(params, model_state, x, train=True)
@@ -192,6 +226,35 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     hits = jax.lax.map(chunk_hits, (idx, w))
     return hits.sum() / jnp.maximum(w.sum(), 1.0)
 
+  def reset_units(params, model_state, new_params, new_model_state, opt_state, unit_state, x,
+                  task_step, key, hp):
+    """Continual backprop (every step) or ReDo (every redo_every steps) after an update.
+
+    The units' activity is measured on this step's minibatch with the
+    parameters of its forward pass; CBP's outgoing weights are the updated ones.
+    """
+    def activity():
+      return interventions.unit_activity(model.features(params, model_state, x), model.copies)
+
+    if config.unit_reset == "cbp":
+      unit_state, replace = interventions.continual_backprop(
+          unit_state, activity(), interventions.outgoing_mass(model, new_params),
+          hp["replacement_rate"], hp["maturity"], hp["utility_decay"])
+    else:  # redo: measured on schedule only, under a cond on the unbatched step counter
+      units = interventions.units_of(model, params)
+      replace = jax.lax.cond(
+          (task_step + 1) % config.redo_every == 0,
+          lambda: interventions.dormant_units(activity(), hp["redo_tau"]),
+          lambda: {n: jnp.zeros((u,), bool) for n, u in units.items()})
+    fresh_params, fresh_model_state = model.init(key)
+    new_params, new_model_state, masks = interventions.reset_units(
+        model, new_params, new_model_state, fresh_params, fresh_model_state, replace)
+    inner = opt_state.inner if scheduled else opt_state
+    fresh = optim.make_optimizer(config.optimizer, hparams_of(opt_state), element_counts=True)
+    inner = interventions.reset_optimizer_state(inner, fresh.init(new_params), masks.touched)
+    opt_state = opt_state._replace(inner=inner) if scheduled else inner
+    return new_params, new_model_state, opt_state, unit_state
+
   def run_task(state: RunState, t) -> tuple[RunState, TaskMetrics]:
     tx = make_tx(hparams_of(state.opt_state))
     task = stream.task(state.stream_key, t)
@@ -202,6 +265,14 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
       model_state = _select(t > 0, fresh_model_state, model_state)
     if reset_optimizer:
       opt_state = _select(t > 0, tx.init(params), opt_state)
+    unit_state, hp = state.unit_state, state.hparams
+    if reset_model and unit_state is not None:
+      unit_state = _select(t > 0, interventions.init_unit_state(model, params), unit_state)
+    task_noise_key, steps_key = jax.random.split(jax.random.fold_in(state.intervention_key, t))
+    if config.shrink_perturb == "task":
+      params = _select(t > 0, interventions.shrink_perturb(
+          params, task_noise_key, hp["shrink"], hp["perturb"], config.perturb_noise,
+          model.init), params)
 
     example_weight = task.active_classes[y_train].astype(jnp.float32)
     valid_steps = jnp.sum(example_weight).astype(jnp.int32) // batch
@@ -223,19 +294,33 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
       # j: step of the epoch; task_step: step of the task. Both are loop
       # counters, the same for every vmapped seed.
       idx, j, task_step = inputs
-      params, model_state, opt_state, indicator_state = carry
+      params, model_state, opt_state, indicator_state, unit_state = carry
       x, y = task_inputs(x_train[idx], task), task.train_labels[idx]
       (loss, (logits, new_model_state)), grads = grad_fn(params, model_state, x, y)
       hit_rate = jnp.mean(jnp.argmax(logits, -1) == y)
+      data_grads = grads
+      if regularized:
+        penalty_grads = jax.grad(penalty)(params, state.anchor)
+        grads = jax.tree.map(lambda g, r: g + hp["reg_coef"] * r, grads, penalty_grads)
       if scheduled:
         loss_i = lambda p, example: example_loss(p, model_state, example)
         noise_fn = estimators.dense_noise_fn(loss_i, (x, y), model.dense_inputs, model_state)
+        if regularized:  # the bounds measure the data loss's gradient noise, not the penalty's
+          noise_fn = _data_noise_fn(noise_fn, loss_i, (x, y), data_grads)
         updates, new_opt_state = tx.update(
             grads, opt_state, params, example_loss=loss_i, batch=(x, y),
             task_step=task_step, step=task_step, gradient_noise=noise_fn)
       else:
         updates, new_opt_state = tx.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
+      step_key = jax.random.fold_in(steps_key, task_step)
+      if per_step_sp:
+        new_params = interventions.shrink_perturb(
+            new_params, step_key, hp["shrink"], hp["perturb"], config.perturb_noise, model.init)
+      if unit_reset:
+        new_params, new_model_state, new_opt_state, unit_state = reset_units(
+            params, model_state, new_params, new_model_state, new_opt_state, unit_state, x,
+            task_step, step_key, hp)
       values = None
       if suite is not None:  # on schedule only: a cond on the unbatched step counter
         def evaluate(s):
@@ -249,7 +334,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
 
         values, indicator_state = jax.lax.cond(
             (task_step + 1) % config.indicator_every == 0, evaluate, skip, indicator_state)
-      new = (new_params, new_model_state, new_opt_state, indicator_state)
+      new = (new_params, new_model_state, new_opt_state, indicator_state, unit_state)
       record = (loss, hit_rate, jnp.float32(1.0))
       if stream.masks_examples:
         valid = j < valid_steps
@@ -257,9 +342,10 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
         record = (valid * loss, valid * hit_rate, valid.astype(jnp.float32))
       return new, record + (new[2].last if scheduled else None, values)
 
-    carry = (params, model_state, opt_state, state.indicator_state)
-    (params, model_state, opt_state, indicator_state), (losses, hits, counted, lasts, values) = \
-        jax.lax.scan(epoch, carry, jnp.arange(config.epochs))
+    carry = (params, model_state, opt_state, state.indicator_state, unit_state)
+    (params, model_state, opt_state, indicator_state, unit_state), \
+        (losses, hits, counted, lasts, values) = jax.lax.scan(epoch, carry,
+                                                              jnp.arange(config.epochs))
 
     def every(k, tree):  # the records after task steps k - 1, 2k - 1, ...
       return jax.tree.map(lambda a: a.reshape(steps_per_task, *a.shape[2:])[k - 1::k], tree)
@@ -276,7 +362,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout, checks,
                           recorded_values)
     return state._replace(params=params, model_state=model_state, opt_state=opt_state,
-                          indicator_state=indicator_state), metrics
+                          indicator_state=indicator_state, unit_state=unit_state), metrics
 
   def run_tasks(state: RunState, task_ids) -> tuple[RunState, TaskMetrics]:
     return jax.lax.scan(run_task, state, jnp.asarray(task_ids, jnp.int32))
@@ -287,6 +373,24 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
   return Trainer(init, run_tasks, train, model, stream, steps_per_epoch, layer_names,
                  {} if suite is None else dict(suite.labels))
+
+
+def run_hparams(config: Config) -> dict[str, jax.Array]:
+  """The traced hyperparameters of the config's baselines (config.TRACED_FIELDS in use)."""
+  used = [n for switch, used_with, names in SWITCHED_FIELDS
+          if getattr(config, switch) in used_with for n in names if n in TRACED_FIELDS]
+  return {n: jnp.float32(getattr(config, n)) for n in used}
+
+
+def _data_noise_fn(noise_fn, example_loss, batch, data_grads):
+  """A gradient_noise callback that centres on the data loss's mean gradient."""
+  def noise(params, grads):
+    del grads  # the loss + penalty gradient the optimizer sees
+    if noise_fn is not None:
+      return noise_fn(params, data_grads)
+    return estimators.gradient_noise(example_loss, params, batch, estimators.layers_of(params),
+                                     mean_grads=data_grads)
+  return noise
 
 
 def _select(pred, on_true, on_false):

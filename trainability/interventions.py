@@ -1,0 +1,236 @@
+"""Parameter interventions against loss of trainability (method.md section 6).
+
+Pure functions of parameters, optimizer state and a key, with static shapes:
+a replaced unit is chosen by a boolean mask of the layer's width, never by an
+index list whose length changes, so every intervention runs under `jit` and
+`vmap` (one seed's replacements do not depend on another's).
+
+* `shrink_perturb` (Ash & Adams 2020): theta <- (1 - shrink) theta + perturb eps,
+  eps standard normal per element (method.md) or a fresh initialization
+  (Ash & Adams' choice: the noise has each layer's init scale).
+* `continual_backprop` (Dohare et al., Nature 2024): every step each hidden
+  unit's contribution utility u <- decay u + (1 - decay) |h| sum_k |w_out,k|
+  is updated; units older than `maturity` steps are eligible;
+  replacement_rate * (number eligible) units accumulate per step, and when
+  the sum reaches 1 its integer part of the eligible units with the lowest
+  bias-corrected utility u / (1 - decay^age) are replaced.
+* `dormant_units` (ReDo, Sokar et al. 2023): a unit is dormant when its mean
+  |activation| divided by the layer's mean is <= tau.
+* `reset_units`: a replaced unit gets fresh incoming weights (its kernel column,
+  bias and norm-layer scale/shift, its BatchNorm statistics), zero outgoing
+  weights (so the network's function does not change at the reset), and
+  `reset_optimizer_state` gives exactly those weights (incoming and outgoing)
+  the optimizer's initial state. With `optim.make_optimizer(...,
+  element_counts=True)` that includes Adam's step count, per element, so the
+  replaced weights' bias correction starts over, as for a new network.
+
+For units the hidden layers of `models.make_model` are used: a unit is a
+channel of the dense or conv layer. |h| is the mean over the batch (and the
+spatial positions of a conv layer) of the activation's absolute value, summed
+over the activation's copies (CReLU, Fourier features give two outputs per
+unit); sum_k |w_out,k| runs over every weight of the next layer fed by the
+unit (all its copies and positions). For a ReLU MLP this is Dohare et al.'s
+formula exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from trainability import models
+from trainability.config import PERTURB_NOISES
+
+
+def shrink_perturb(params, key, shrink, perturb, noise: str = "gaussian", init_fn=None):
+  """(1 - shrink) params + perturb eps; eps ~ N(0, 1), or init_fn(key)[0] for noise="init"."""
+  if noise == "init":
+    if init_fn is None:
+      raise ValueError("init_fn: perturb_noise 'init' needs the model's init function")
+    eps = init_fn(key)[0]
+  elif noise == "gaussian":
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    eps = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
+  else:
+    raise ValueError(f"perturb_noise: {noise!r} is not accepted; choose one of "
+                     f"{', '.join(PERTURB_NOISES)}")
+  return jax.tree.map(lambda p, e: (1 - shrink) * p + perturb * e, params, eps)
+
+
+class UnitState(NamedTuple):
+  """Continual backprop's bookkeeping, {hidden layer: array} each."""
+
+  utility: dict  # (units,) running contribution utility
+  age: dict      # (units,) int32 steps since the unit was initialized
+  pending: dict  # () replacements accumulated and not yet made (fractional)
+
+
+def _next_layer(model: models.Model, name: str) -> str:
+  chain = model.hidden + ("output",)
+  return chain[chain.index(name) + 1]
+
+
+def _kernel_path(params, name):
+  """Path of a layer's dense or conv kernel: (name, 'dense'|'conv', 'kernel') or (name, 'kernel')."""
+  block = params[name]
+  for inner in ("conv", "dense"):
+    if inner in block:
+      return (name, inner, "kernel")
+  return (name, "kernel")
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _set(tree, path, value):
+  """A copy of nested dicts `tree` with `value` at `path`."""
+  if not path:
+    return value
+  out = dict(tree)
+  out[path[0]] = _set(tree[path[0]], path[1:], value)
+  return out
+
+
+def units_of(model: models.Model, params) -> dict[str, int]:
+  """{hidden layer: number of units}."""
+  if not model.hidden:
+    raise ValueError("model: unit resets need a model with hidden layers "
+                     "(models.make_model with depth >= 1 or a cnn)")
+  return {name: _get(params, _kernel_path(params, name)).shape[-1] for name in model.hidden}
+
+
+def init_unit_state(model: models.Model, params) -> UnitState:
+  units = units_of(model, params)
+  return UnitState({n: jnp.zeros((u,), jnp.float32) for n, u in units.items()},
+                   {n: jnp.zeros((u,), jnp.int32) for n, u in units.items()},
+                   {n: jnp.float32(0.0) for n in units})
+
+
+def unit_activity(features: dict, copies: int) -> dict[str, jax.Array]:
+  """{layer: (units,)} mean over batch (and positions) of |activation|, summed over copies."""
+  out = {}
+  for name, f in features.items():
+    post = jnp.abs(f.post)
+    units = post.shape[-1] // copies
+    post = post.reshape(-1, copies, units)
+    out[name] = post.sum(axis=1).mean(axis=0)
+  return out
+
+
+def _outgoing_rows(kernel, copies: int, units: int):
+  """The next layer's kernel as (groups, copies, units, fan_out): rows fed by each unit."""
+  return kernel.reshape(-1, copies, units, kernel.shape[-1])
+
+
+def outgoing_mass(model: models.Model, params) -> dict[str, jax.Array]:
+  """{layer: (units,)} sum of |w| over every next-layer weight each unit feeds."""
+  out = {}
+  for name, units in units_of(model, params).items():
+    kernel = _get(params, _kernel_path(params, _next_layer(model, name)))
+    out[name] = jnp.abs(_outgoing_rows(kernel, model.copies, units)).sum(axis=(0, 1, 3))
+  return out
+
+
+def continual_backprop(state: UnitState, activity: dict, mass: dict, replacement_rate,
+                       maturity, decay) -> tuple[UnitState, dict]:
+  """One step of continual backprop's generate-and-test: (new state, {layer: replace mask}).
+
+  activity: `unit_activity` of this step's forward pass; mass: `outgoing_mass`
+  of the current weights. Replaced units restart with utility 0 and age 0.
+  """
+  new, replace = UnitState({}, {}, {}), {}
+  for name, util in state.utility.items():
+    age = state.age[name] + 1
+    util = decay * util + (1 - decay) * activity[name] * mass[name]
+    corrected = util / (1 - decay ** age.astype(jnp.float32))
+    eligible = age > maturity
+    pending = state.pending[name] + replacement_rate * jnp.sum(eligible)
+    count = jnp.floor(pending)
+    pending = pending - count
+    score = jnp.where(eligible, corrected, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(score, stable=True), stable=True)
+    chosen = eligible & (rank < count)
+    replace[name] = chosen
+    new.utility[name] = jnp.where(chosen, 0.0, util)
+    new.age[name] = jnp.where(chosen, 0, age)
+    new.pending[name] = pending
+  return new, replace
+
+
+def dormant_units(activity: dict, tau) -> dict[str, jax.Array]:
+  """ReDo: {layer: mask} of units whose activity / the layer's mean activity <= tau."""
+  return {name: a / jnp.maximum(jnp.mean(a), 1e-30) <= tau for name, a in activity.items()}
+
+
+class UnitMasks(NamedTuple):
+  """Param-shaped boolean trees of what a unit reset touches."""
+
+  incoming: Any  # the replaced units' own parameters (kernel columns, biases, norm)
+  outgoing: Any  # the next layers' kernel rows fed by the replaced units
+
+  @property
+  def touched(self):
+    return jax.tree.map(jnp.logical_or, self.incoming, self.outgoing)
+
+
+def _last_axis(mask, shape):
+  return jnp.broadcast_to(mask, shape)
+
+
+def unit_masks(model: models.Model, params, replace: dict) -> UnitMasks:
+  """Where a reset of the units in `replace` ({layer: (units,) bool}) acts."""
+  incoming = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
+  outgoing = incoming
+  for name, mask in replace.items():
+    incoming = _set(incoming, (name,),
+                    jax.tree.map(lambda p, m=mask: _last_axis(m, p.shape), params[name]))
+    path = _kernel_path(params, _next_layer(model, name))
+    kernel = _get(params, path)
+    rows = jnp.broadcast_to(mask[None, None, :, None],
+                            _outgoing_rows(kernel, model.copies, mask.shape[0]).shape)
+    outgoing = _set(outgoing, path, _get(outgoing, path) | rows.reshape(kernel.shape))
+  return UnitMasks(incoming, outgoing)
+
+
+def reset_units(model: models.Model, params, model_state, fresh_params, fresh_model_state,
+                replace: dict):
+  """(params, model_state, masks): the units in `replace` re-initialized, outgoing weights 0.
+
+  fresh_params, fresh_model_state: a new initialization (`model.init(key)`),
+  from which the replaced units' incoming parameters and statistics are taken.
+  """
+  masks = unit_masks(model, params, replace)
+  params = jax.tree.map(lambda p, f, i, o: jnp.where(o, 0.0, jnp.where(i, f, p)),
+                        params, fresh_params, masks.incoming, masks.outgoing)
+  new_state = {}
+  for collection, layers in model_state.items():
+    new_state[collection] = dict(layers)
+    for name, mask in replace.items():
+      if name in layers:
+        new_state[collection][name] = jax.tree.map(
+            lambda s, f, m=mask: jnp.where(_last_axis(m, s.shape), f, s),
+            layers[name], fresh_model_state[collection][name])
+  return params, new_state, masks
+
+
+def reset_optimizer_state(opt_state, fresh_opt_state, touched):
+  """Every params-shaped part of `opt_state` (moments, per-element counts) takes
+  `fresh_opt_state`'s values where `touched`; scalars (a shared count, the
+  hyperparameters) are kept.
+  """
+  treedef = jax.tree.structure(touched)
+  params_like = lambda node: jax.tree.structure(node) == treedef
+
+  def merge(fresh, old):
+    if not params_like(old):
+      return old
+    return jax.tree.map(jnp.where, touched, fresh, old)
+
+  return jax.tree.map(merge, fresh_opt_state, opt_state, is_leaf=params_like)
