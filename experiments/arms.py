@@ -8,8 +8,9 @@ that are done.
 
 from __future__ import annotations
 
+import csv
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -47,3 +48,30 @@ def run(name: str, config: Config, writer) -> Arm:
   print(f"{name:>16} ({time.time() - started:5.1f} s): "
         + " ".join(f"{v:.2f}" for v in online.mean(0)), flush=True)
   return Arm(online, multipliers, metrics, trainer.layer_names)
+
+
+def choices(text: str, accepted, flag: str) -> list[str]:
+  """A comma list of names from `accepted`; exits with one line naming the flag otherwise."""
+  chosen = text.split(",")
+  for c in chosen:
+    if c not in accepted:
+      raise SystemExit(f"{flag}: {c!r} is not accepted; choose from {', '.join(accepted)}")
+  return chosen
+
+
+def run_all(runs, csv_path: str, after_arm: Callable | None = None) -> dict[str, Arm]:
+  """Runs [(name, ..., config)] in order into one CSV; {name: Arm}.
+
+  after_arm(name, config, done) runs after each arm (its rows are flushed
+  first), so a sweep can write its tables and figures as it goes.
+  """
+  done = {}
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(HEADER)
+    for name, *_, config in runs:
+      done[name] = run(name, config, writer)
+      f.flush()
+      if after_arm is not None:
+        after_arm(name, config, done)
+  return done

@@ -22,7 +22,6 @@ digits, 1,000 images, 100 epochs per task, MLP 64-256-256-10, batch 50, Adam lr
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 import numpy as np
@@ -33,14 +32,6 @@ from trainability import Config, devices, results
 
 BASES = {"adam": {}, "l2": {"l2": 1e-3}, "crelu": {"activation": "crelu"}}
 SCHEDULERS = ("none", "paper", "tuned")
-
-
-def _choices(text, accepted, flag):
-  chosen = text.split(",")
-  for c in chosen:
-    if c not in accepted:
-      raise SystemExit(f"{flag}: {c!r} is not accepted; choose from {', '.join(accepted)}")
-  return chosen
 
 
 def arm_configs(base: Config, bases, schedulers, beta, cool, warm_fraction):
@@ -73,8 +64,8 @@ def main(argv=None):
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   parser.add_argument("--name", default="scheduler_arms", help="stem of the output files")
   args = parser.parse_args(argv)
-  bases = _choices(args.bases, BASES, "--bases")
-  schedulers = _choices(args.schedulers, SCHEDULERS, "--schedulers")
+  bases = arms.choices(args.bases, BASES, "--bases")
+  schedulers = arms.choices(args.schedulers, SCHEDULERS, "--schedulers")
   runs = arm_configs(Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds),
                      bases, schedulers, args.beta, args.cool, args.warm_fraction)
   scheduled = [name for name, _, s, _ in runs if s != "none"]
@@ -84,20 +75,17 @@ def main(argv=None):
   devices.use_cpu_cores()
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, args.name)
-  done = {}
-  with open(f"{stem}.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(arms.HEADER)
-    for name, _, _, config in runs:
-      done[name] = arms.run(name, config, writer)
-      f.flush()
-      if name == args.steps_arm:
-        rows = results.check_rows(done[name].metrics.checks, range(config.seeds),
-                                  range(config.tasks), done[name].layer_names)
-        results.plot_scheduler(rows, f"{stem}_steps.png", base_lr=config.lr,
-                               title=f"{name} (beta {config.beta:g}, cool {config.cool:g}, "
-                                     f"warm window {config.warm_fraction:g}): "
-                                     "effective step against the thresholds (paper Fig. 3)")
+
+  def after_arm(name, config, done):
+    if name == args.steps_arm:
+      rows = results.check_rows(done[name].metrics.checks, range(config.seeds),
+                                range(config.tasks), done[name].layer_names)
+      results.plot_scheduler(rows, f"{stem}_steps.png", base_lr=config.lr,
+                             title=f"{name} (beta {config.beta:g}, cool {config.cool:g}, "
+                                   f"warm window {config.warm_fraction:g}): "
+                                   "effective step against the thresholds (paper Fig. 3)")
+
+  done = arms.run_all(runs, f"{stem}.csv", after_arm)
   _plot_accuracy(runs, done, bases, args, f"{stem}.png")
   if scheduled:
     _plot_learning_rates(runs, done, f"{stem}_lr.png")
