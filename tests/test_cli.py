@@ -104,6 +104,10 @@ def test_plot_command_redraws_a_run(tmp_path, capsys):
     (["--cool", "1.5"], ["cool: 1.5 is not accepted", "(0, 1]"]),
     (["--variance", "ema"], ["--variance", "windowed", "instantaneous"]),
     (["--batch-size", "500", "--subset", "100"], ["batch_size: 500 is more than the 100"]),
+    (["--shrink", "0.1"], ["shrink: has no effect with shrink_perturb 'none'", "step or task"]),
+    (["--unit-reset", "dropout"], ["--unit-reset", "cbp", "redo"]),
+    (["--unit-reset", "redo", "--redo-every", "5000"], ["redo_every: 5000 is more than the"]),
+    (["--regularizer", "l1"], ["--regularizer", "wasserstein", "orthogonal"]),
 ])
 def test_bad_input_gives_one_line_naming_the_field(tmp_path, capsys, args, fragments):
   try:
@@ -167,3 +171,13 @@ def test_unknown_indicator_flag_is_a_one_line_error(capsys):
   assert cli.main(["run", "--indicators", "sharpnes"]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "indicators: 'sharpnes' is not accepted" in err
+
+
+def test_baseline_flags_reach_the_config():
+  args = cli.build_parser().parse_args(
+      ["run", "--unit-reset", "cbp", "--replacement-rate", "0.01", "--maturity", "50",
+       "--regularizer", "wasserstein", "--reg-coef", "0.01", "--shrink-perturb", "task",
+       "--perturb-noise", "init", "--activation", "fourier"])
+  assert (args.unit_reset, args.replacement_rate, args.maturity) == ("cbp", 0.01, 50)
+  assert (args.regularizer, args.reg_coef) == ("wasserstein", 0.01)
+  assert (args.shrink_perturb, args.perturb_noise, args.activation) == ("task", "init", "fourier")
