@@ -250,14 +250,11 @@ class Config:
     _in_range(self, "utility_decay", 0.0, 1.0, high_open=True)
     _in_range(self, "redo_tau", 0.0, math.inf)
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
-    for switch, used_with, names in SWITCHED_FIELDS:
-      if getattr(self, switch) in used_with:
-        continue
+    for _, _, names in SWITCHED_FIELDS:
       for name in names:
-        if getattr(self, name) != defaults[name]:
-          raise ConfigError(
-              f"{name}: has no effect with {switch} {getattr(self, switch)!r}; it acts only "
-              f"with {switch} {' or '.join(used_with)}")
+        unused = self.unused_because(name)
+        if unused and getattr(self, name) != defaults[name]:
+          raise ConfigError(f"{name}: {unused}")
     indicator_names(self.indicators)
     if self.model == "cnn" and self.dataset == "mnist1d":
       raise ConfigError(
@@ -269,6 +266,19 @@ class Config:
           "heldout: random labels have no held-out labels; accepted streams "
           "with heldout: permuted_inputs, shuffled_labels, class_incremental"
       )
+
+  def unused_because(self, name: str) -> str | None:
+    """Why the switched field `name` (SWITCHED_FIELDS) has no effect here; None if it acts."""
+    switch, used_with = next((s, u) for s, u, names in SWITCHED_FIELDS if name in names)
+    value = getattr(self, switch)
+    if value in used_with:
+      return None
+    return f"has no effect with {switch} {value!r}; it acts only with {switch} " \
+           f"{' or '.join(used_with)}"
+
+  def traced_fields(self) -> tuple[str, ...]:
+    """The TRACED_FIELDS that act in this config: the run's traced hyperparameters."""
+    return tuple(n for n in TRACED_FIELDS if self.unused_because(n) is None)
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)

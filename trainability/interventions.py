@@ -180,17 +180,13 @@ class UnitMasks(NamedTuple):
     return jax.tree.map(jnp.logical_or, self.incoming, self.outgoing)
 
 
-def _last_axis(mask, shape):
-  return jnp.broadcast_to(mask, shape)
-
-
 def unit_masks(model: models.Model, params, replace: dict) -> UnitMasks:
   """Where a reset of the units in `replace` ({layer: (units,) bool}) acts."""
   incoming = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
   outgoing = incoming
   for name, mask in replace.items():
     incoming = _set(incoming, (name,),
-                    jax.tree.map(lambda p, m=mask: _last_axis(m, p.shape), params[name]))
+                    jax.tree.map(lambda p, m=mask: jnp.broadcast_to(m, p.shape), params[name]))
     path = _kernel_path(params, _next_layer(model, name))
     kernel = _get(params, path)
     rows = jnp.broadcast_to(mask[None, None, :, None],
@@ -215,7 +211,7 @@ def reset_units(model: models.Model, params, model_state, fresh_params, fresh_mo
     for name, mask in replace.items():
       if name in layers:
         new_state[collection][name] = jax.tree.map(
-            lambda s, f, m=mask: jnp.where(_last_axis(m, s.shape), f, s),
+            lambda s, f, m=mask: jnp.where(jnp.broadcast_to(m, s.shape), f, s),
             layers[name], fresh_model_state[collection][name])
   return params, new_state, masks
 

@@ -38,7 +38,7 @@ import optax
 from trainability import data as data_lib
 from trainability import estimators, indicators, interventions, models, optim, regularizers
 from trainability import scheduler, tasks
-from trainability.config import SWITCHED_FIELDS, TRACED_FIELDS, Config, ConfigError
+from trainability.config import TRACED_FIELDS, Config, ConfigError
 from trainability.config import indicator_names
 
 EVAL_CHUNK = 1024  # examples per forward pass when measuring whole-split accuracy.
@@ -118,23 +118,17 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   reset_optimizer = config.reset in ("optimizer", "both")
   steps_per_task = config.epochs * steps_per_epoch
   scheduled = config.scheduler == "noise_curvature"
-  if scheduled and config.check_every > steps_per_task:
-    raise ConfigError(
-        f"check_every: {config.check_every} is more than the {steps_per_task} steps of a task "
-        f"(epochs x (examples // batch_size)), so the scheduler would never check; "
-        f"give check_every <= {steps_per_task} or more epochs")
-
   recorded = indicator_names(config.indicators)
-  if recorded and config.indicator_every > steps_per_task:
-    raise ConfigError(
-        f"indicator_every: {config.indicator_every} is more than the {steps_per_task} steps "
-        f"of a task, so no indicator would be recorded; give indicator_every <= "
-        f"{steps_per_task}")
+  # Schedules counted in steps of a task must fit in one, or they never fire.
+  for used, field, never in ((scheduled, "check_every", "the scheduler would never check"),
+                             (recorded, "indicator_every", "no indicator would be recorded"),
+                             (config.unit_reset == "redo", "redo_every", "no unit would be reset")):
+    if used and getattr(config, field) > steps_per_task:
+      raise ConfigError(
+          f"{field}: {getattr(config, field)} is more than the {steps_per_task} steps of a "
+          f"task (epochs x (examples // batch_size)), so {never}; give {field} <= "
+          f"{steps_per_task} or more epochs")
   probe_size = min(config.indicator_examples, n)
-  if config.unit_reset == "redo" and config.redo_every > steps_per_task:
-    raise ConfigError(
-        f"redo_every: {config.redo_every} is more than the {steps_per_task} steps of a task, "
-        f"so no unit would be reset; give redo_every <= {steps_per_task}")
   regularized = config.regularizer != "none"
   penalty = regularizers.penalty_fn(config.regularizer)
   unit_reset = config.unit_reset != "none"
@@ -179,10 +173,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
       if name in run_values:
         run_values[name] = value
       elif name in TRACED_FIELDS:
-        switch, used_with = next((s, u) for s, u, names in SWITCHED_FIELDS if name in names)
-        raise ConfigError(f"hparams: {name!r} has no effect with {switch} "
-                          f"{getattr(config, switch)!r}; it acts only with {switch} "
-                          f"{' or '.join(used_with)}")
+        raise ConfigError(f"hparams: {name!r} {config.unused_because(name)}")
       else:
         values[name] = value  # make_optimizer refuses what is not the optimizer's
     init_key, stream_key, shuffle_key = jax.random.split(key, 3)
@@ -376,10 +367,8 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
 
 
 def run_hparams(config: Config) -> dict[str, jax.Array]:
-  """The traced hyperparameters of the config's baselines (config.TRACED_FIELDS in use)."""
-  used = [n for switch, used_with, names in SWITCHED_FIELDS
-          if getattr(config, switch) in used_with for n in names if n in TRACED_FIELDS]
-  return {n: jnp.float32(getattr(config, n)) for n in used}
+  """The traced hyperparameters of the config's baselines (Config.traced_fields)."""
+  return {n: jnp.float32(getattr(config, n)) for n in config.traced_fields()}
 
 
 def _data_noise_fn(noise_fn, example_loss, batch, data_grads):
