@@ -10,10 +10,10 @@ the order of `Layers.names` (sorted labels).
   per-example variance sigma2_ps_l = (1/B) sum_i ||g_i,l - g_l||^2, from real
   per-example gradients (`jax.vmap` of `jax.grad` over the batch).
 * `critical_step`: alpha*_g = B ||g||^2 / sigma2_ps (method.md section 3).
-* `power_iteration`: the top eigenvalue of each layer's own diagonal Hessian
-  block, from Hessian-vector products, warm-started from the previous
-  eigenvectors (kept by the caller). One HVP per layer and iteration, all
-  layers vectorized together.
+* `top_block_eigenvalues`: the top eigenvalue of each layer's own diagonal
+  Hessian block, from Hessian-vector products (`block_hvp`), by warm-started
+  `lanczos` (stopping on its residual bound) or `power_iteration`, all layers
+  together; the caller keeps the vectors to warm-start the next call.
 """
 
 from __future__ import annotations
@@ -239,24 +239,43 @@ def safe_ratio(numerator, denominator):
   return jnp.where(positive, jnp.minimum(ratio, UNBOUNDED), UNBOUNDED)
 
 
-def _block_vectors(layers: Layers, vector):
-  """(G, params) tangents: row l keeps the leaves of layer l, zeros elsewhere."""
-  rows = jnp.arange(layers.count)
-  return jax.tree.map(
-      lambda v, i: jnp.where((rows == i).reshape((-1,) + (1,) * v.ndim), v[None], 0.0),
-      vector, layers.index)
+def block_hvp(loss, params, layers: Layers):
+  """v -> each layer's diagonal Hessian block times that layer's part of v.
 
-
-def block_hvp(loss, params, layers: Layers, vector):
-  """Each layer's diagonal Hessian block times that layer's part of `vector`.
-
-  Returns a params-shaped tree whose layer-l leaves hold H_ll v_l. Computed as
-  G Hessian-vector products (forward over reverse), vectorized with vmap.
+  Returns a function of a params-shaped tree whose layer-l leaves of the result
+  hold H_ll v_l. Each layer's block is `jax.linearize` of the gradient with
+  respect to that layer's leaves only (forward over reverse): its primal
+  forward and backward passes run once per layer when this is built (G
+  linearizations, each keeping its own residuals), and every call after that
+  runs only the tangent part, restricted to what reaches and leaves that
+  layer (the other layers are constants, so nothing is spent on their
+  gradients). Call it inside the same trace (a jitted function) as often as
+  needed.
   """
-  grad = jax.grad(loss)
-  hvp = lambda tangent: jax.jvp(grad, (params,), (tangent,))[1]
-  products = jax.vmap(hvp)(_block_vectors(layers, vector))
-  return jax.tree.map(lambda hv, i: hv[i], products, layers.index)
+  leaves, treedef = jax.tree.flatten(params)
+  labels = jax.tree.leaves(layers.index)
+  blocks = []
+  for layer in range(layers.count):
+    idx = tuple(i for i, label in enumerate(labels) if label == layer)
+
+    def block_loss(sub, idx=idx):
+      full = list(leaves)
+      for i, leaf in zip(idx, sub):
+        full[i] = leaf
+      return loss(jax.tree.unflatten(treedef, full))
+
+    _, linear = jax.linearize(jax.grad(block_loss), tuple(leaves[i] for i in idx))
+    blocks.append((idx, linear))
+
+  def apply(vector):
+    parts = jax.tree.leaves(vector)
+    out = [None] * len(parts)
+    for idx, linear in blocks:
+      for i, product in zip(idx, linear(tuple(parts[i] for i in idx))):
+        out[i] = product
+    return jax.tree.unflatten(treedef, out)
+
+  return apply
 
 
 def _per_layer_dot(layers, a, b):
@@ -308,12 +327,140 @@ def power_iteration(loss, params, layers: Layers, start, iterations: int, key=No
   HVP vanished.
   """
   vector = normalize_per_layer(layers, start)
+  hvp = block_hvp(loss, params, layers)
 
   def body(_, carry):
     v, _ = carry
-    product = block_hvp(loss, params, layers, v)
+    product = hvp(v)
     return normalize_per_layer(layers, product, key), _per_layer_dot(layers, v, product)
 
   vector, values = jax.lax.fori_loop(
       0, iterations, body, (vector, jnp.zeros((layers.count,), jnp.float32)))
   return Eigen(values, vector)
+
+
+class Lanczos(NamedTuple):
+  """Per-layer top Ritz values (G,), unit Ritz vectors, steps taken and residual bounds.
+
+  `residuals` (G,) is ||H_ll x_l - value_l x_l|| for the returned vector x_l:
+  some eigenvalue of the block lies within it of `values` (Lanczos' own
+  error estimate, beta_j |y_j|, no extra HVP).
+  """
+
+  values: jax.Array
+  vectors: Any
+  steps: jax.Array
+  residuals: jax.Array
+
+
+def _combine(layers: Layers, basis, coefficients):
+  """sum_k coefficients[k, layer] * basis[k], per leaf (the leaf's own layer)."""
+  return jax.tree.map(lambda b, i: jnp.tensordot(coefficients[:, i], b, axes=1),
+                      basis, layers.index)
+
+
+def lanczos(hvp, layers: Layers, start, max_steps: int, tol: float = 0.0, min_steps: int = 1,
+            key=None) -> Lanczos:
+  """Top (largest algebraic) eigenvalue of every layer's Hessian block, by Lanczos.
+
+  hvp: `block_hvp(loss, params, layers)`. All layers run together: each
+  Krylov basis lives in its own layer's leaves, with per-layer inner products;
+  each new direction is orthogonalized (twice) against the last two only, the
+  three-term recurrence: few steps are taken, and lost orthogonality only
+  repeats converged Ritz values, it does not move the top one. `start` (params-shaped) is the first
+  basis vector of each layer: pass the previous result's `vectors` to
+  warm-start. Stops after `max_steps` HVPs per layer, or earlier, once
+  `min_steps` are done and every layer's residual is <= tol * |value| (tol 0:
+  always `max_steps`). A layer whose Krylov space is exhausted (an invariant
+  subspace: the new direction is below float precision) stops growing; its
+  value is then exact. Under `vmap` the loop runs until every member is done.
+  A layer whose block is 0 gets value 0; `key` re-seeds a zero start.
+  """
+  if not 1 <= min_steps <= max_steps:
+    raise ValueError(f"min_steps: {min_steps!r} is not accepted; give 1 <= min_steps <= "
+                     f"max_steps ({max_steps})")
+  rows = max_steps + 1
+  first = normalize_per_layer(layers, start, key)
+  basis = jax.tree.map(lambda v: jnp.zeros((rows,) + v.shape, v.dtype).at[0].set(v), first)
+  g = layers.count
+  position = jnp.arange(max_steps)[:, None]                # (max_steps, 1)
+
+  def ritz(alphas, betas, length):
+    """Top eigenpair of each layer's tridiagonal matrix of its first `length` steps."""
+    used = position < length[None, :]                      # (max_steps, G)
+    low = -(jnp.max(jnp.abs(alphas), 0) + 2 * jnp.max(jnp.abs(betas), 0)) - 1.0
+    diagonal = jnp.where(used, alphas, low[None, :])       # unused rows: below every value
+    off = jnp.where(position + 1 < length[None, :], betas, 0.0)[:-1]
+    matrix = (jax.vmap(jnp.diag)(diagonal.T) + jax.vmap(lambda o: jnp.diag(o, 1))(off.T)
+              + jax.vmap(lambda o: jnp.diag(o, -1))(off.T))
+    values, vectors = jnp.linalg.eigh(matrix)
+    y = jnp.where(used.T, vectors[:, :, -1], 0.0)          # (G, max_steps)
+    last = jnp.take_along_axis(y, jnp.maximum(length - 1, 0)[:, None], 1)[:, 0]
+    return values[:, -1], y, last
+
+  def step(j, basis, alphas, betas, length, active):
+    """One Lanczos step of every layer: the three-term recurrence, orthogonalized twice."""
+    q = jax.tree.map(lambda b: b[j], basis)
+    previous = jax.tree.map(lambda b: b[jnp.maximum(j - 1, 0)], basis)
+    w = hvp(q)
+    alpha = _per_layer_dot(layers, q, w)
+    size = jnp.sqrt(jnp.maximum(_per_layer_dot(layers, w, w), 0.0))
+    for _ in range(2):  # against q_j and q_{j-1} (zero at j = 0)
+      a = _per_layer_dot(layers, q, w)
+      b = jnp.where(j > 0, _per_layer_dot(layers, previous, w), 0.0)
+      w = jax.tree.map(lambda x, u, v, i: x - a[i] * u - b[i] * v, w, q, previous, layers.index)
+    beta = jnp.sqrt(jnp.maximum(_per_layer_dot(layers, w, w), 0.0))
+    length = length + active                                # this step counts where active
+    alphas = alphas.at[j].set(jnp.where(active, alpha, 0.0))
+    betas = betas.at[j].set(jnp.where(active, beta, 0.0))
+    active = active & (beta > 1e-5 * size) & (beta > _TINY)  # else: an invariant subspace
+    scale = jnp.where(active, 1.0 / jnp.maximum(beta, _TINY), 0.0)
+    basis = jax.tree.map(lambda b, v, i: b.at[j + 1].set(v * scale[i]), basis, w, layers.index)
+    return basis, alphas, betas, length, active
+
+  def residual_of(betas, length, last):
+    return jnp.take_along_axis(betas, jnp.maximum(length - 1, 0)[None, :], 0)[0] * jnp.abs(last)
+
+  def body(carry):
+    j, basis, alphas, betas, length, active, _ = carry
+    basis, alphas, betas, length, active = step(j, basis, alphas, betas, length, active)
+    value, _, last = ritz(alphas, betas, length)
+    converged = jnp.all(residual_of(betas, length, last) <= tol * jnp.abs(value))
+    done = ((j + 1 >= min_steps) & converged) | (j + 1 >= max_steps) | ~jnp.any(active)
+    return j + 1, basis, alphas, betas, length, active, done
+
+  zeros = jnp.zeros((max_steps, g), jnp.float32)
+  carry = (jnp.zeros((), jnp.int32), basis, zeros, zeros, jnp.zeros((g,), jnp.int32),
+           jnp.ones((g,), bool), jnp.bool_(False))
+  if tol > 0:
+    carry = jax.lax.while_loop(lambda c: ~c[-1], body, carry)
+  else:  # a fixed number of steps: no convergence test inside the loop
+    carry = (jnp.int32(max_steps),) + jax.lax.fori_loop(
+        0, max_steps, lambda j, c: step(j, *c), carry[1:-1]) + (jnp.bool_(True),)
+  steps, basis, alphas, betas, length, active, _ = carry
+  value, y, last = ritz(alphas, betas, length)
+  vector = _combine(layers, jax.tree.map(lambda b: b[:max_steps], basis), y.T)
+  residual = residual_of(betas, length, last)
+  return Lanczos(value, normalize_per_layer(layers, vector, key), steps, residual)
+
+
+LANCZOS_MIN_STEPS = 3  # before a warm-started Lanczos may stop on its residual
+
+
+def top_block_eigenvalues(loss, params, layers: Layers, start, method: str, steps: int,
+                          tol: float, key=None) -> Eigen:
+  """Each layer's top Hessian-block eigenvalue, warm-started from `start`.
+
+  method "lanczos": `lanczos` with at most `steps` HVPs per layer, stopping
+  at relative residual `tol` (after LANCZOS_MIN_STEPS at least); the largest algebraic
+  eigenvalue. "power": `power_iteration`, exactly `steps` HVPs; the
+  largest-magnitude eigenvalue. Pass the previous result's `vectors` as
+  `start` to follow the eigenvector from one call to the next.
+  """
+  if method == "power":
+    return power_iteration(loss, params, layers, start, steps, key=key)
+  if method != "lanczos":
+    raise ValueError(f"curvature: {method!r} is not accepted; choose one of lanczos, power")
+  result = lanczos(block_hvp(loss, params, layers), layers, start, steps, tol,
+                   min_steps=min(LANCZOS_MIN_STEPS, steps), key=key)
+  return Eigen(result.values, result.vectors)
