@@ -86,11 +86,56 @@ def test_power_iteration_finds_each_layer_block_top_eigenvalue():
     np.testing.assert_allclose(eigen.values[l], top, rtol=2e-3, atol=1e-6)
 
 
+def test_lanczos_finds_each_layer_block_top_eigenvalue():
+  params, _, _, loss = tiny_problem()
+  layers = estimators.layers_of(params)
+  start = estimators.random_unit_vectors(jax.random.key(3), params, layers)
+  run = jax.jit(lambda s, steps, tol: estimators.lanczos(
+      estimators.block_hvp(loss, params, layers), layers, s, steps, tol, min(3, steps)),
+      static_argnums=(1, 2))
+  exact = run(start, 40, 0.0)
+  adaptive = run(start, 40, 1e-3)
+  for l, name in enumerate(layers.names):
+    top = dense_block_eigenvalues(loss, params, name).max()  # largest algebraic
+    np.testing.assert_allclose(exact.values[l], top, rtol=1e-4, atol=1e-6)
+    # the residual bound holds: the estimate is within it of the top eigenvalue
+    assert abs(float(adaptive.values[l]) - top) <= float(adaptive.residuals[l]) + 1e-6
+    assert abs(float(adaptive.values[l]) - top) <= 1e-3 * abs(top) + 1e-6
+  assert 3 <= int(adaptive.steps) < 40  # stopped early once converged
+  # the Ritz vector is a unit eigenvector: its Rayleigh quotient is the value
+  hv = estimators.block_hvp(loss, params, layers)(exact.vectors)
+  quotient = [float(jnp.vdot(jax.flatten_util.ravel_pytree(hv[n])[0],
+                             jax.flatten_util.ravel_pytree(exact.vectors[n])[0]))
+              for n in layers.names]
+  np.testing.assert_allclose(quotient, exact.values, rtol=1e-3, atol=1e-6)
+
+
+def test_lanczos_on_an_exhausted_krylov_space_is_exact_and_finite():
+  # A 3-dim block with 2 distinct eigenvalues: the Krylov space ends after 2 steps.
+  matrix = jnp.diag(jnp.array([2.0, 2.0, -5.0]))
+  loss = lambda p: 0.5 * p["a"]["w"] @ matrix @ p["a"]["w"] + 0.0 * jnp.sum(p["b"]["w"])
+  params = {"a": {"w": jnp.ones(3)}, "b": {"w": jnp.ones(2)}}  # b: no curvature at all
+  layers = estimators.layers_of(params)
+  start = estimators.random_unit_vectors(jax.random.key(1), params, layers)
+  out = estimators.lanczos(estimators.block_hvp(loss, params, layers), layers, start, 10)
+  np.testing.assert_allclose(out.values, [2.0, 0.0], atol=1e-5)
+  assert np.all(np.isfinite(np.asarray(out.residuals)))
+  # With a tolerance the loop ends as soon as every layer's space is exhausted.
+  early = estimators.lanczos(estimators.block_hvp(loss, params, layers), layers, start, 10,
+                             tol=1e-6)
+  assert int(early.steps) == 2
+  np.testing.assert_allclose(early.values, [2.0, 0.0], atol=1e-5)
+  assert float(early.residuals.max()) < 1e-4
+  bad = pytest.raises(ValueError, match="^min_steps: ")
+  with bad:
+    estimators.lanczos(estimators.block_hvp(loss, params, layers), layers, start, 2, 0.0, 3)
+
+
 def test_block_hvp_is_the_diagonal_block_product():
   params, _, _, loss = tiny_problem()
   layers = estimators.layers_of(params)
   v = estimators.random_unit_vectors(jax.random.key(4), params, layers)
-  hv = estimators.block_hvp(loss, params, layers, v)
+  hv = jax.jit(lambda p, v: estimators.block_hvp(loss, p, layers)(v))(params, v)
   for name in layers.names:
     flat, unravel = jax.flatten_util.ravel_pytree(params[name])
     block = jax.hessian(lambda f: loss({**params, name: unravel(f)}))(flat)

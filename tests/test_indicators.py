@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+from trainability.scheduler import DEFAULTS as SIGNAL_DEFAULTS
+
 from trainability import estimators, indicators
 from trainability.config import ConfigError, indicator_names
 
@@ -116,9 +118,13 @@ def test_sharpness_matches_the_dense_hessian():
   eig = _dense_eigenvalues(loss, params)
   top = eig[np.argmax(np.abs(eig))]
   start = jax.tree.map(jnp.ones_like, params)
-  got = jax.jit(lambda p, s: indicators.sharpness(loss, p, s, 300).values)(params, start)
+  got = jax.jit(lambda p, s: indicators.sharpness(loss, p, s, 300, method="power").values)(
+      params, start)
   assert got.shape == (1,)
   assert float(got[0]) == pytest.approx(top, rel=1e-3)
+  lanczos = jax.jit(lambda p, s: indicators.sharpness(loss, p, s, 40, tol=0.0).values)(
+      params, start)
+  assert float(lanczos[0]) == pytest.approx(eig.max(), rel=1e-3)
 
 
 def test_lanczos_top_eigenvalues_match_the_dense_hessian():
@@ -255,7 +261,8 @@ def test_suite_columns_and_values_agree_with_the_single_functions():
 def test_suite_sharpness_converges_to_the_dense_hessian_over_evaluations():
   model, example_loss, params, state, batch = _small_model(width=4, depth=1)
   suite = indicators.make_suite(model, example_loss, batch[0], ["sharpness"],
-                                indicators.Options(power_iterations=50))
+                                indicators.Options(signals=SIGNAL_DEFAULTS._replace(
+                                    curvature="power", curvature_steps=50)))
   s = suite.init(params, jax.random.key(0))
   compute = jax.jit(suite.compute)
   for _ in range(6):  # warm-started: 300 iterations in all

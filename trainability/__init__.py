@@ -5,19 +5,39 @@ The continual-learning core: offline data sets (`data`), task streams
 vmappable training runs (`train`); the noise-curvature step-size scheduler as
 an optax transformation (`scheduler`) and its per-layer estimators
 (`estimators`).
+
+Imports are lazy: `from trainability.scheduler import noise_curvature_scheduler`
+loads jax and optax only (no flax, scikit-learn or matplotlib), and each name
+below is imported on first use.
 """
 
-from trainability.config import Config, ConfigError
-from trainability.data import Dataset, DataError, load
-from trainability.models import Model, make_model
-from trainability.scheduler import noise_curvature_scheduler
-from trainability.tasks import Task, TaskStream, make_stream
-from trainability.train import RunState, TaskMetrics, Trainer, make_train, make_trainer, seed_keys
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config", "ConfigError", "Dataset", "DataError", "load", "Model", "make_model",
-    "Task", "TaskStream", "make_stream", "RunState", "TaskMetrics", "Trainer",
-    "make_train", "make_trainer", "seed_keys", "noise_curvature_scheduler",
-]
+# name -> the module that defines it
+_EXPORTS = {
+    "Config": "config", "ConfigError": "config",
+    "Dataset": "data", "DataError": "data", "load": "data",
+    "Model": "models", "make_model": "models",
+    "noise_curvature_scheduler": "scheduler",
+    "Task": "tasks", "TaskStream": "tasks", "make_stream": "tasks",
+    "RunState": "train", "TaskMetrics": "train", "Trainer": "train", "make_train": "train",
+    "make_trainer": "train", "seed_keys": "train",
+}
+_MODULES = ("cli", "config", "data", "devices", "estimators", "indicators", "interventions",
+            "models", "optim", "regularizers", "report", "results", "scheduler", "tasks", "train")
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f"trainability.{_EXPORTS[name]}"), name)
+  if name in _MODULES:
+    return importlib.import_module(f"trainability.{name}")
+  raise AttributeError(f"module 'trainability' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(_EXPORTS) + list(_MODULES) + ["__version__"])

@@ -57,7 +57,7 @@ def _add_config_flags(parser: argparse.ArgumentParser):
   hints = typing.get_type_hints(Config)
   for f in dataclasses.fields(Config):
     flag = "--" + f.name.replace("_", "-")
-    help_text = f"{f.metadata['help']} (default: {f.default})"
+    help_text = f.metadata["help"]  # the formatter adds "(default: ...)"
     hint = hints[f.name]
     if hint is bool:
       parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

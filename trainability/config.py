@@ -13,6 +13,10 @@ import json
 import math
 from typing import Any
 
+from trainability.scheduler import (
+    CURVATURES, DEFAULTS as SIGNALS, EFFECTIVE_STEPS, MODE_DEFAULTS, REFERENCE_PARAMS, THRESHOLDS,
+    VARIANCES)
+
 DATASETS = ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
 STREAMS = ("random_labels", "permuted_inputs", "shuffled_labels", "class_incremental")
 MODELS = ("mlp", "cnn")
@@ -24,7 +28,6 @@ NORMALIZATIONS = ("standardize", "per_feature", "unit", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 RESETS = ("none", "model", "optimizer", "both")
 SCHEDULERS = ("none", "noise_curvature")
-VARIANCES = ("windowed", "instantaneous")
 REGULARIZERS = ("none", "l2_init", "wasserstein", "spectral", "orthogonal")
 SHRINK_PERTURB = ("none", "step", "task")
 PERTURB_NOISES = ("gaussian", "init")
@@ -39,10 +42,20 @@ SWITCHED_FIELDS = (
     ("shrink_perturb", SHRINK_PERTURB[1:], ("shrink", "perturb", "perturb_noise")),
     ("unit_reset", ("cbp",), ("replacement_rate", "maturity", "utility_decay")),
     ("unit_reset", ("redo",), ("redo_every", "redo_tau")),
+    ("threshold", ("paper",), ("beta",)),
+    ("threshold", ("stability",), ("delta",)),
+    ("threshold", ("reference",), ("reference_param",)),
+    ("curvature", ("lanczos",), ("curvature_tol",)),
 )
+
+# Fields of earlier versions, as read from a run's config.json: old name ->
+# the fields that now say the same.
+RENAMED_FIELDS = {
+    # one power iteration per check and layer, warm-started: the estimator of the time
+    "power_iterations": lambda n: {"curvature": "power", "curvature_steps": n},
+}
 TRACED_FIELDS = ("reg_coef", "shrink", "perturb", "replacement_rate", "maturity",
                  "utility_decay", "redo_tau")
-EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
 
 
 class ConfigError(ValueError):
@@ -170,24 +183,43 @@ class Config:
   # The noise-curvature per-layer step-size scheduler (method.md section 4).
   scheduler: str = _field(
       "none", "per-layer step-size scheduler wrapped around the optimizer", SCHEDULERS)
+  threshold: str = _field(
+      SIGNALS.threshold, "noise_curvature: the threshold's form: paper (Eq. 2-3), reference "
+      "(the reference code's --param) or stability (docs/thresholds.md)", THRESHOLDS)
   check_every: int = _field(40, "noise_curvature: K, steps of a task between checks")
-  window: int = _field(30, "noise_curvature: W, checks in the sharpness window")
+  window: int = _field(SIGNALS.window, "noise_curvature: W, checks in the curvature window")
   safety: float = _field(0.8, "noise_curvature: gamma; cool when step > gamma * threshold")
   cool: float = _field(0.99, "noise_curvature: factor applied when cooling, in (0, 1]")
   warm: float = _field(1.01, "noise_curvature: factor applied when warming, >= 1")
-  beta: float = _field(1.0, "noise_curvature: weight of the volatility term in the threshold")
-  kappa: float = _field(1.0, "noise_curvature: alpha_vol = 1 / (kappa * Vol)")
+  beta: float = _field(
+      MODE_DEFAULTS["beta"], "threshold paper: weight of the volatility term in the threshold")
+  delta: float = _field(
+      MODE_DEFAULTS["delta"], "threshold stability: Cantelli tail probability of the "
+      "volatility margin, in (0, 1)")
+  reference_param: str = _field(
+      MODE_DEFAULTS["reference_param"], "threshold reference: the reference code's --param",
+      REFERENCE_PARAMS)
+  kappa: float = _field(SIGNALS.kappa, "noise_curvature: alpha_vol = 1 / (kappa * Vol)")
   warm_fraction: float = _field(
       0.3, "noise_curvature: warming allowed in this first fraction of a task, in [0, 1]")
   floor: float = _field(
-      0.0, "noise_curvature: cool only when the step exceeds this (reference code: 0.12)")
-  power_iterations: int = _field(
-      1, "noise_curvature: warm-started HVP iterations per check and layer")
+      0.0, "noise_curvature: cool only when the step exceeds this (Algorithm 1 as "
+      "published and the reference code: 0.12)")
+  curvature: str = _field(
+      SIGNALS.curvature, "noise_curvature: top Hessian-block eigenvalue by warm-started "
+      "lanczos or power iteration", CURVATURES)
+  curvature_steps: int = _field(
+      SIGNALS.curvature_steps, "noise_curvature: HVPs per layer and check (lanczos: at most)")
+  curvature_tol: float = _field(
+      SIGNALS.curvature_tol, "noise_curvature: lanczos stops at this relative residual "
+      "(0: always curvature_steps)")
   variance: str = _field(
-      "windowed", "noise_curvature: window variance (paper) or newest deviation (reference)",
+      SIGNALS.variance, "noise_curvature: window variance (paper), newest deviation "
+      "(reference), or auto (instantaneous with threshold reference, else windowed)",
       VARIANCES)
   effective_step: str = _field(
-      "auto", "noise_curvature: how a layer's step is measured (auto: adam if Adam, else generic)",
+      SIGNALS.effective_step,
+      "noise_curvature: how a layer's step is measured (auto: adam if Adam, else generic)",
       EFFECTIVE_STEPS)
 
   # Trainability indicators (trainability/indicators.py), recorded inside the run.
@@ -215,7 +247,7 @@ class Config:
         )
     _positive_int(self, "tasks", "epochs", "batch_size", "width", "seeds",
                   "chunk_tasks", "classes_per_task", "check_every", "window",
-                  "power_iterations", "indicator_every", "indicator_examples", "redo_every")
+                  "curvature_steps", "indicator_every", "indicator_examples", "redo_every")
     if isinstance(self.maturity, bool) or not isinstance(self.maturity, int) or self.maturity < 0:
       raise ConfigError(f"maturity: {self.maturity!r} is not accepted; give an integer >= 0")
     if not isinstance(self.depth, int) or self.depth < 0:
@@ -240,6 +272,8 @@ class Config:
     _in_range(self, "warm", 1.0, math.inf)
     _in_range(self, "beta", 0.0, math.inf)
     _in_range(self, "kappa", 0.0, math.inf, low_open=True)
+    _in_range(self, "delta", 0.0, 1.0, low_open=True, high_open=True)
+    _in_range(self, "curvature_tol", 0.0, 1.0, high_open=True)
     _in_range(self, "warm_fraction", 0.0, 1.0)
     _in_range(self, "floor", 0.0, math.inf)
     _in_range(self, "dormant_tau", 0.0, math.inf)
@@ -267,6 +301,16 @@ class Config:
           "with heldout: permuted_inputs, shuffled_labels, class_incremental"
       )
 
+  def signal_settings(self):
+    """The scheduler.SignalSettings of this config (mode-specific ones only in their mode)."""
+    mode = lambda name: getattr(self, name) if self.unused_because(name) is None else None
+    return SIGNALS._replace(
+        threshold=self.threshold, beta=mode("beta"), delta=mode("delta"),
+        reference_param=mode("reference_param"), kappa=self.kappa, window=self.window,
+        variance=self.variance, curvature=self.curvature,
+        curvature_steps=self.curvature_steps, curvature_tol=self.curvature_tol,
+        effective_step=self.effective_step).resolved()
+
   def unused_because(self, name: str) -> str | None:
     """Why the switched field `name` (SWITCHED_FIELDS) has no effect here; None if it acts."""
     switch, used_with = next((s, u) for s, u, names in SWITCHED_FIELDS if name in names)
@@ -292,12 +336,15 @@ class Config:
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "Config":
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names - set(RENAMED_FIELDS))
     if unknown:
       raise ConfigError(
           f"{unknown[0]}: unknown config field; accepted fields: {', '.join(sorted(names))}"
       )
     values = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+      if old in values:
+        values.update(new(values.pop(old)))
     if "channels" in values:
       values["channels"] = tuple(values["channels"])
     return cls(**values)

@@ -21,9 +21,9 @@ host round trips. Three kinds:
   biases): `norms` (L2 norm of a params-shaped tree per layer),
   `ratio_of_means` (mean|a| / mean|b| per layer: the reference code's
   gradient-to-parameter ratio with a = gradient, b = parameters).
-* Curvature indicators, of a loss: whole-network `sharpness` (power iteration
-  on Hessian-vector products; per layer blocks are
-  `estimators.power_iteration`), `top_eigenvalues` (Lanczos), `hessian_trace`
+* Curvature indicators, of a loss: whole-network `sharpness` (warm-started
+  Lanczos on Hessian-vector products, or power iteration; per layer blocks are
+  `estimators.top_block_eigenvalues`), `top_eigenvalues` (Lanczos), `hessian_trace`
   (Hutchinson, per layer and total), `hessian_rank_proxy` (the reference
   code's: k single-example gradients, 99% of the spectrum mass of G G^T) and
   `exact_hessian_rank` (from the dense `jax.hessian`, small nets only).
@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from trainability import estimators
+from trainability import estimators, scheduler
 from trainability.config import INDICATORS, indicator_names
+from trainability.scheduler import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
 
 _TINY = 1e-30
 
@@ -126,15 +127,24 @@ def whole_network(params) -> estimators.Layers:
   return estimators.layers_of(params, lambda p: jax.tree.map(lambda _: "network", p))
 
 
-def sharpness(loss, params, start, iterations: int, key=None) -> estimators.Eigen:
-  """Top (largest-magnitude) eigenvalue of the whole Hessian of `loss` at `params`.
+def sharpness(loss, params, start, steps: int = SIGNAL_DEFAULTS.curvature_steps, key=None,
+              method: str = SIGNAL_DEFAULTS.curvature, tol: float | None = None
+              ) -> estimators.Eigen:
+  """Top eigenvalue of the whole Hessian of `loss` at `params`, values of shape (1,).
 
-  Power iteration on Hessian-vector products, warm-started from `start` (a
-  params-shaped direction, e.g. the previous call's `vectors`); per-layer
-  blocks: `estimators.power_iteration` with the layer grouping. values: (1,).
+  `estimators.top_block_eigenvalues` with every leaf in one block: Lanczos
+  (the largest algebraic eigenvalue; at most `steps` HVPs, stopping at
+  relative residual `tol`, default the scheduler's) or power iteration
+  (`method` "power": the largest-magnitude one, exactly `steps` HVPs; no
+  `tol`), warm-started from `start` (a params-shaped direction, e.g. the
+  previous call's `vectors`).
   """
-  return estimators.power_iteration(loss, params, whole_network(params), start, iterations,
-                                    key=key)
+  settings = SIGNAL_DEFAULTS._replace(curvature=method, curvature_steps=steps)
+  if tol is not None:
+    settings = settings._replace(curvature_tol=tol)
+  settings = settings.resolved()  # one-line errors for a bad method, steps or tol
+  return estimators.top_block_eigenvalues(loss, params, whole_network(params), start, method,
+                                          steps, settings.curvature_tol, key=key)
 
 
 def _flat_hvp(loss, params):
@@ -256,28 +266,23 @@ class Options(NamedTuple):
 
   tau: float = 0.0                # dormant: s_i <= tau (0: units silent on the whole batch)
   delta: float = 0.01             # srank keeps a 1 - delta share of the singular values
-  power_iterations: int = 4       # per evaluation, warm-started from the previous one
   top_k: int = 5                  # top_eigenvalues: how many
   lanczos_steps: int = 20         # top_eigenvalues: Lanczos steps (HVPs)
   trace_samples: int = 10         # hessian_trace: Hutchinson samples (HVPs)
   rank_examples: int = 32         # hessian_rank: single-example gradients k
-  window: int = 30                # noise-curvature signals: W
-  beta: float = 1.0               # alpha_tilde's weight of the volatility term
-  kappa: float = 1.0
-  variance: str = "windowed"
-  effective_step: str = "auto"    # scheduler's choices; auto: adam if Adam, else generic
+  # The noise-curvature signals and the sharpness estimator: the scheduler's
+  # settings (window, threshold mode, curvature estimator, effective step).
+  signals: SignalSettings = SIGNAL_DEFAULTS
 
 
 def options_of(config) -> Options:
   """The Options a run of `config` records its indicators with."""
-  return Options(tau=config.dormant_tau, power_iterations=config.power_iterations,
-                 window=config.window, beta=config.beta, kappa=config.kappa,
-                 variance=config.variance, effective_step=config.effective_step)
+  return Options(tau=config.dormant_tau, signals=config.signal_settings())
 
 
 class SuiteState(NamedTuple):
   signals: Any                    # scheduler.Signals (per layer)
-  network_vector: Any             # warm start of the whole-network power iteration
+  network_vector: Any             # warm start of the whole-network sharpness
   key: jax.Array
 
 
@@ -303,8 +308,6 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
   layer names. learning_rate, momentum: for the adam/sgd effective steps when
   the optimizer state is not an `optax.inject_hyperparams` one.
   """
-  from trainability import scheduler  # scheduler imports estimators, not us
-
   names = tuple(names)
   indicator_names(",".join(names))  # a one-line ConfigError for an unknown name
   if any(n in FEATURE for n in names) and model.features is None:
@@ -333,7 +336,7 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
   def init(params, key) -> SuiteState:
     k1, k2, k3 = jax.random.split(key, 3)
     layers_ = estimators.layers_of(params)
-    return SuiteState(scheduler.init_signals(params, layers_, options.window, k1),
+    return SuiteState(scheduler.init_signals(params, layers_, options.signals.window, k1),
                       estimators.random_unit_vectors(k2, params, whole_network(params)), k3)
 
   def compute(state: SuiteState, params, model_state, batch, *, updates=None, opt_state=None,
@@ -377,9 +380,12 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
         if n in wanted:
           out[n] = jnp.stack([pick[n](feats[h]) for h in hidden]).astype(jnp.float32)
     network_vector = state.network_vector
+    curvature = options.signals.resolved()
+    top = lambda groups, start, key: estimators.top_block_eigenvalues(
+        mean_loss, params, groups, start, curvature.curvature, curvature.curvature_steps,
+        curvature.curvature_tol, key=key)
     if "sharpness" in wanted:
-      whole = estimators.power_iteration(mean_loss, params, network, network_vector,
-                                         options.power_iterations, key=keys[0])
+      whole = top(network, network_vector, keys[0])
       network_vector = whole.vectors
     if "hessian_trace" in wanted:
       trace = hessian_trace(mean_loss, params, layers, options.trace_samples, keys[1])
@@ -399,19 +405,18 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
             hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
     signals = state.signals
     if "sharpness" in wanted and not wanted & set(SIGNALS):
-      blocks = estimators.power_iteration(mean_loss, params, layers, signals.eigenvectors,
-                                          options.power_iterations, key=keys[3])
+      blocks = top(layers, signals.eigenvectors, keys[3])
       signals = signals._replace(eigenvectors=blocks.vectors)
       out["sharpness"] = both(whole.values[0], blocks.values)
     if wanted & set(SIGNALS):
       m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
-      step, agg = scheduler.layer_step(options.effective_step, layers, opt_state, count, m,
-                                       grads, updates, learning_rate, momentum)
+      step, agg = scheduler.layer_step(curvature.effective_step, layers, opt_state, count, m,
+                                       grads, updates, learning_rate, momentum,
+                                       normaliser=scheduler.normaliser_of(curvature))
       noise_fn = estimators.dense_noise_fn(loss_i, batch, model.dense_inputs, model_state)
       signals, check = scheduler.observe(
-          signals, layers, params, grads, loss_i, batch, step, agg, keys[3],
-          beta=options.beta, kappa=options.kappa, variance=options.variance,
-          power_iterations=options.power_iterations, gradient_noise=noise_fn)
+          signals, layers, params, grads, loss_i, batch, step, agg, keys[3], curvature,
+          gradient_noise=noise_fn)
       if "sharpness" in wanted:
         out["sharpness"] = both(whole.values[0], check.lam)
       values = {"effective_step": check.alpha, "alpha_g": check.alpha_g,
@@ -427,14 +432,14 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
 
 
 def indicators(params, batch, model, example_loss, *, model_state=None, names=NAMES,
-               options: Options = Options(power_iterations=20), updates=None, opt_state=None,
+               options: Options = Options(), updates=None, opt_state=None,
                key=None) -> dict:
   """Every indicator in `names` at `params` on `batch` = (x, y), in one call.
 
   Returns {name: {column label: scalar}}. One shot: the windowed signals (Vol
   and with it alpha_vol, alpha_tilde) need a history, so they are 0 / the
   noise bound here; inside training use `make_suite`, which carries the window
-  and warm-starts the power iterations. Jittable with `model`, `example_loss`,
+  and warm-starts the curvature estimates. Jittable with `model`, `example_loss`,
   `names` and `options` static.
   """
   suite = make_suite(model, example_loss, batch[0], names, options)

@@ -3,14 +3,39 @@
 `noise_curvature_scheduler(inner, ...)` wraps any optax optimizer and scales
 each layer's updates by a multiplier that it cools when the layer's effective
 step exceeds its threshold and warms early in a task when the step is far
-below it (paper Algorithm 1). It is an `optax.GradientTransformationExtraArgs`:
+below it (paper Algorithm 1). It is an `optax.GradientTransformationExtraArgs`
+and needs nothing but jax and optax:
 
-    tx = noise_curvature_scheduler(optax.adam(1e-3), steps_per_task=2000)
+    import jax, jax.numpy as jnp, optax
+    from trainability.scheduler import noise_curvature_scheduler
+
+    params = {"hidden": {"kernel": jnp.ones((4, 8)) * 0.3, "bias": jnp.zeros(8)},
+              "output": {"kernel": jnp.ones((8, 3)) * 0.1, "bias": jnp.zeros(3)}}
+
+    def example_loss(params, example):              # one example's loss
+      x, y = example
+      h = jax.nn.relu(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+      logits = h @ params["output"]["kernel"] + params["output"]["bias"]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+    def mean_loss(params, batch):
+      return jax.vmap(example_loss, in_axes=(None, 0))(params, batch).mean()
+
+    tx = noise_curvature_scheduler(optax.adam(1e-3), learning_rate=1e-3,
+                                   steps_per_task=200, check_every=10)
+
+    @jax.jit
+    def train_step(params, state, batch, task_step):
+      grads = jax.grad(mean_loss)(params, batch)
+      updates, state = tx.update(grads, state, params, example_loss=example_loss,
+                                 batch=batch, task_step=task_step, step=task_step)
+      return optax.apply_updates(params, updates), state
+
     state = tx.init(params)
-    grads = jax.grad(mean_loss)(params, batch)
-    updates, state = tx.update(grads, state, params,
-                               example_loss=example_loss, batch=batch,
-                               task_step=task_step)
+    batch = (jax.random.normal(jax.random.key(0), (32, 4)), jnp.arange(32) % 3)
+    for task_step in range(20):
+      params, state = train_step(params, state, batch, task_step)
+    print(state.last.lam, state.last.multiplier)    # the last check, per layer
 
 Extra arguments of `update` (keywords):
 * `example_loss(params, example) -> scalar` and `batch` (a pytree of arrays
@@ -33,6 +58,17 @@ Extra arguments of `update` (keywords):
   transform counts steps itself (fine under jit without vmap).
 
 Every per-layer quantity of the last check is in `state.last` (a `Check`).
+
+The threshold a layer's step is held below has three modes (`threshold`),
+derived in docs/thresholds.md:
+* "paper": Eq. (2)-(3), alpha~* = B ||g||^2 / (sigma2 + beta ||g||^2 Vol).
+* "reference": the reference code's (sheeerio/continual, branch sept) noise
+  proxies, named as its `--param` (`REFERENCE_PARAMS`; its default sqm10 is
+  sigma2 + 20 ||g||^2 (lam_bar^2 / mu)^2), with its one global Adam normaliser.
+* "stability": the paper's descent condition kept whole, in like units: the
+  layer's step times its curvature (the window's mean plus a Cantelli margin
+  for its volatility) must stay below 2 a / (1 + a), a = alpha*_g, where the
+  paper relaxes it to alpha < 2 a / lam and then to alpha < a.
 """
 
 from __future__ import annotations
@@ -44,13 +80,92 @@ import jax.numpy as jnp
 import optax
 
 from trainability import estimators
-from trainability.config import EFFECTIVE_STEPS, VARIANCES
 from trainability.estimators import UNBOUNDED, safe_ratio
 
-# Arguments that fix shapes or loop lengths; with optax.inject_hyperparams pass
-# static_args=STATIC_ARGS (the float hyperparameters stay injectable).
-STATIC_ARGS = ("check_every", "window", "power_iterations", "steps_per_task", "seed",
-               "variance", "effective_step", "group_fn")
+# The allowed values of the scheduler's and the signals' settings. config.py
+# and the indicators take them from here.
+THRESHOLDS = ("paper", "reference", "stability")
+REFERENCE_PARAMS = ("sqm10", "sqm1", "scv10", "scv1", "svar10", "svar1", "ss10", "ss1",
+                    "rqm10", "rqm1", "rcv10", "rcv1", "rvar10", "rvar1", "rs10", "rs1",
+                    "s_tau", "r_tau")
+CURVATURES = ("lanczos", "power")
+VARIANCES = ("auto", "windowed", "instantaneous")
+EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
+
+# Arguments that fix shapes, loop lengths or code paths; with
+# optax.inject_hyperparams pass static_args=STATIC_ARGS (the float
+# hyperparameters stay injectable).
+STATIC_ARGS = ("check_every", "window", "curvature", "curvature_steps", "curvature_tol",
+               "steps_per_task", "seed", "variance", "effective_step", "group_fn", "threshold",
+               "reference_param")
+
+
+class SignalSettings(NamedTuple):
+  """How the noise-curvature signals are measured and combined: one place, one default each.
+
+  The scheduler, the CLI's Config and the indicators all take their defaults
+  from `SignalSettings()`. Mode-specific settings are None until set: beta
+  acts with threshold "paper" (default 1), delta with "stability" (default
+  0.1), reference_param with "reference" (default "sqm10").
+  """
+
+  threshold: str = "paper"
+  beta: float | None = None
+  delta: float | None = None
+  reference_param: str | None = None
+  kappa: float = 1.0
+  window: int = 30
+  variance: str = "auto"
+  curvature: str = "lanczos"
+  curvature_steps: int = 12
+  curvature_tol: float = 0.01                   # lanczos only (DEFAULT_CURVATURE_TOL)
+  effective_step: str = "auto"
+
+  def resolved(self) -> "SignalSettings":
+    """Checked, with each mode's own defaults filled in; a one-line ValueError if not valid."""
+    for name, allowed in (("threshold", THRESHOLDS), ("curvature", CURVATURES),
+                          ("variance", VARIANCES), ("effective_step", EFFECTIVE_STEPS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{name}: {getattr(self, name)!r} is not accepted; choose one of "
+                         f"{', '.join(allowed)}")
+    for name in ("window", "curvature_steps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: {value!r} is not accepted; give an integer >= 1")
+    if not isinstance(self.curvature_tol, (int, float)) or not 0 <= self.curvature_tol < 1:
+      raise ValueError(f"curvature_tol: {self.curvature_tol!r} is not accepted; give a number "
+                       "in [0, 1)")
+    for name, mode in MODE_SETTINGS.items():
+      if getattr(self, name) is not None and self.threshold != mode:
+        raise ValueError(f"{name}: has no effect with threshold {self.threshold!r}; it acts "
+                         f"only with threshold {mode}")
+    if self.curvature == "power" and self.curvature_tol != DEFAULT_CURVATURE_TOL:
+      raise ValueError("curvature_tol: has no effect with curvature 'power'; it acts only "
+                       "with curvature lanczos")
+    for name, low, low_open, high in (("beta", 0.0, False, None), ("delta", 0.0, True, 1.0),
+                                      ("kappa", 0.0, True, None)):
+      value = getattr(self, name)
+      if isinstance(value, (int, float)):  # concrete (an injected value is traced: unchecked)
+        ok = (value > low if low_open else value >= low) and (high is None or value < high)
+        if not ok:
+          bounds = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g})'}"
+          raise ValueError(f"{name}: {value!r} is not accepted; give a number in {bounds}")
+    if self.reference_param is not None and self.reference_param not in REFERENCE_PARAMS:
+      raise ValueError(f"reference_param: {self.reference_param!r} is not accepted; choose "
+                       f"one of {', '.join(REFERENCE_PARAMS)}")
+    filled = {name: MODE_DEFAULTS[name] for name, mode in MODE_SETTINGS.items()
+              if mode == self.threshold and getattr(self, name) is None}
+    if self.variance == "auto":
+      filled["variance"] = "instantaneous" if self.threshold == "reference" else "windowed"
+    return self._replace(**filled)
+
+
+DEFAULT_CURVATURE_TOL = SignalSettings._field_defaults["curvature_tol"]
+
+# The settings that act in one threshold mode only, and their defaults there.
+MODE_SETTINGS = {"beta": "paper", "delta": "stability", "reference_param": "reference"}
+MODE_DEFAULTS = {"beta": 1.0, "delta": 0.1, "reference_param": "sqm10"}
+DEFAULTS = SignalSettings()
 
 
 class Check(NamedTuple):
@@ -62,7 +177,8 @@ class Check(NamedTuple):
   alpha_vol: jax.Array      # curvature-volatility bound 1 / (kappa * Vol)
   alpha_tilde: jax.Array    # combined threshold B ||g||^2 / (sigma2 + beta ||g||^2 Vol)
   lam: jax.Array            # top eigenvalue of the layer's Hessian block
-  lam_bar: jax.Array        # normalized sharpness (lam * alpha_agg for Adam)
+  lam_bar: jax.Array        # the window's curvature signal (`curvature_signal`): normalized
+                            # sharpness lam * alpha_agg, or raw lam (stability, reference r*)
   mu: jax.Array             # window mean of lam_bar
   vol: jax.Array            # s2 / mu
   sigma2: jax.Array         # per-example gradient variance
@@ -77,7 +193,7 @@ class NoiseCurvatureState(NamedTuple):
   inner: Any
   count: jax.Array          # updates so far
   multiplier: jax.Array     # (G,)
-  eigenvectors: Any         # params-shaped, unit per layer: warm start of power iteration
+  eigenvectors: Any         # params-shaped, unit per layer: warm start of the curvature
   window: jax.Array         # (W, G) ring buffer of lam_bar; check c writes row c % W
   checks: jax.Array         # checks so far
   key: jax.Array
@@ -87,19 +203,24 @@ class NoiseCurvatureState(NamedTuple):
 def noise_curvature_scheduler(
     inner: optax.GradientTransformation,
     *,
+    threshold: str = DEFAULTS.threshold,
     check_every: int = 40,
-    window: int = 30,
+    window: int = DEFAULTS.window,
     safety: float = 0.8,
     cool: float = 0.99,
     warm: float = 1.01,
-    beta: float = 1.0,
-    kappa: float = 1.0,
+    beta: float | None = DEFAULTS.beta,
+    delta: float | None = DEFAULTS.delta,
+    reference_param: str | None = DEFAULTS.reference_param,
+    kappa: float = DEFAULTS.kappa,
     warm_fraction: float = 0.3,
     steps_per_task: int | None = None,
     floor: float = 0.0,
-    power_iterations: int = 1,
-    variance: str = "windowed",
-    effective_step: str = "auto",
+    curvature: str = DEFAULTS.curvature,
+    curvature_steps: int = DEFAULTS.curvature_steps,
+    curvature_tol: float = DEFAULTS.curvature_tol,
+    variance: str = DEFAULTS.variance,
+    effective_step: str = DEFAULTS.effective_step,
     learning_rate: float | None = None,
     momentum: float | None = None,
     group_fn: Callable[[Any], Any] | None = None,
@@ -109,27 +230,37 @@ def noise_curvature_scheduler(
 
   Args:
     inner: the optimizer whose updates are scaled (adam, sgd, any optax chain).
-    check_every: K, steps between checks (paper 40); checks only then.
-    window: W, observations of normalized sharpness in the window (paper 30).
+    threshold: "paper", "reference" or "stability" (module docstring and
+      docs/thresholds.md).
+    check_every: K, steps between checks (paper 40, reference code 400).
+    window: W, observations of the curvature signal in the window (paper 30).
     safety: gamma; a layer cools when alpha > gamma * alpha_tilde (paper 0.8).
     cool, warm: multiplicative factors (paper 0.99, 1.01).
-    beta: weight of the volatility term in the combined threshold (paper
-      [0, 1]; the reference code's variants use 10 or 20). With Adam, beta
-      of order 1 leaves alpha_tilde near alpha_g ~ 1, far above Adam's
-      effective step, so the rule mostly warms; on the library's main
-      benchmark 1e5 (with cool 0.9, warm_fraction 0.1) is the value that
-      works (experiments/README.md). Find it per setting.
-    kappa: alpha_vol = 1 / (kappa * Vol).
+    beta: threshold "paper" only (default 1): weight of the volatility term
+      (paper [0, 1]). With Adam, beta of order 1 leaves alpha_tilde near
+      alpha_g ~ 1, far above Adam's effective step, so the rule only warms.
+    delta: threshold "stability" only (default 0.1): the Cantelli tail
+      probability; the margin is sqrt((1 - delta) / delta) window standard
+      deviations above the window mean.
+    reference_param: threshold "reference" only (default "sqm10"): the
+      reference code's `--param` (REFERENCE_PARAMS).
+    kappa: alpha_vol = 1 / (kappa * Vol) (recorded in every mode).
     warm_fraction: warming is allowed in the first warm_fraction of a task
       (paper 0.3; reference code 0.1), when alpha < 0.3 * gamma * alpha_tilde.
     steps_per_task: T_task, for the warm window (None: never warm).
-    floor: cool only layers with alpha > floor (default 0: off; the reference
-      code's hard floor is 0.12, which can stop the controller from firing).
-    power_iterations: HVP iterations per check and layer, warm-started from
-      the previous check's eigenvectors (default 1: a power iteration that
-      runs across checks, one step per check).
-    variance: "windowed" (paper: variance of the window) or "instantaneous"
-      (reference code: (lam_bar - mu)^2 of the newest value).
+    floor: cool only layers with alpha > floor. 0 (default) is off; 0.12 is
+      Algorithm 1 as published (and the reference code's floor).
+    curvature: "lanczos" (default: warm-started Lanczos, stopping when the
+      residual bound is below curvature_tol of the value) or "power"
+      (warm-started power iteration of exactly curvature_steps HVPs, the
+      largest-magnitude eigenvalue; the reference code runs 100 from a fresh
+      start).
+    curvature_steps: HVPs per layer and check (lanczos: at most; default 12).
+    curvature_tol: lanczos: relative residual at which it stops (default
+      0.01; 0 always runs curvature_steps).
+    variance: "windowed" (paper: variance of the window), "instantaneous"
+      (reference code: (x - mu)^2 of the newest value), "auto" (instantaneous
+      with threshold "reference", else windowed).
     effective_step: how a layer's step is measured, weights only:
       "adam" (reference: eta / ((1 - b1^t) (sqrt(mean v / (1 - b2^t)) + eps))
       per kernel, averaged over the layer's kernels); "adam_elementwise"
@@ -142,18 +273,12 @@ def noise_curvature_scheduler(
       `optax.inject_hyperparams` state when there is one, which takes
       precedence.
     group_fn: params -> a tree of layer labels; default: top-level keys.
-    seed: seeds the power iteration's first directions.
+    seed: seeds the curvature estimator's first directions.
   """
-  if variance not in VARIANCES:
-    raise ValueError(f"variance: {variance!r} is not accepted; choose one of {', '.join(VARIANCES)}")
-  if effective_step not in EFFECTIVE_STEPS:
-    raise ValueError(
-        f"effective_step: {effective_step!r} is not accepted; choose one of "
-        f"{', '.join(EFFECTIVE_STEPS)}")
-  for name, value in (("check_every", check_every), ("window", window),
-                      ("power_iterations", power_iterations)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name}: {value!r} is not accepted; give an integer >= 1")
+  settings = SignalSettings(threshold, beta, delta, reference_param, kappa, window, variance,
+                            curvature, curvature_steps, curvature_tol, effective_step).resolved()
+  if not isinstance(check_every, int) or check_every < 1:
+    raise ValueError(f"check_every: {check_every!r} is not accepted; give an integer >= 1")
 
   def init(params) -> NoiseCurvatureState:
     layers = estimators.layers_of(params, group_fn)
@@ -198,12 +323,12 @@ def noise_curvature_scheduler(
   def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
              gradient_noise):
     key, measure_key = jax.random.split(state.key)
-    step, agg = layer_step(effective_step, layers, state.inner, state.count, state.multiplier,
-                           grads, scaled, learning_rate, momentum)
+    step, agg = layer_step(settings.effective_step, layers, state.inner, state.count,
+                           state.multiplier, grads, scaled, learning_rate, momentum,
+                           normaliser=normaliser_of(settings))
     signals, m = observe(
         Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
-        example_loss, batch, step, agg, measure_key, beta=beta, kappa=kappa,
-        variance=variance, power_iterations=power_iterations, gradient_noise=gradient_noise)
+        example_loss, batch, step, agg, measure_key, settings, gradient_noise=gradient_noise)
     in_warm_window = (
         jnp.bool_(False) if task_step is None or steps_per_task is None
         else jnp.asarray(task_step) < warm_fraction * steps_per_task)
@@ -219,12 +344,11 @@ def noise_curvature_scheduler(
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-
 class Signals(NamedTuple):
   """What the noise-curvature signals carry from one observation to the next."""
 
   window: jax.Array        # (W, G) ring buffer of lam_bar; observation c writes row c % W
-  eigenvectors: Any        # params-shaped, unit per layer: warm start of power iteration
+  eigenvectors: Any        # params-shaped, unit per layer: warm start of the curvature
   checks: jax.Array        # observations so far
 
 
@@ -233,46 +357,70 @@ def init_signals(params, layers: estimators.Layers, window: int, key) -> Signals
                  estimators.random_unit_vectors(key, params, layers), jnp.zeros((), jnp.int32))
 
 
-def observe(signals: Signals, layers, params, grads, example_loss, batch, step, agg, key, *,
-            beta, kappa=1.0, variance="windowed", power_iterations=1,
-            gradient_noise=None) -> tuple[Signals, Check]:
+def observe(signals: Signals, layers, params, grads, example_loss, batch, step, agg, key,
+            settings: SignalSettings = DEFAULTS, gradient_noise=None) -> tuple[Signals, Check]:
   """One observation of every per-layer noise-curvature quantity (no decision).
 
   `step`, `agg`: (G,) the layers' effective steps and sharpness normalisers
-  (`layer_step`). Measures sigma2_ps and ||g||^2 (per-example gradients of
-  `example_loss` on `batch`, or the `gradient_noise(params, grads)`
-  callback), each layer's top Hessian-block eigenvalue (warm-started power
-  iteration), puts lam_bar in the window and forms Vol and the thresholds.
-  The returned Check has step 0, multiplier 1 and no cool/warm decision; the
-  scheduler fills those in. Shared with the diagnostics (`indicators`).
+  (`layer_step`, with `normaliser_of(settings)`). Measures sigma2_ps and
+  ||g||^2 (per-example gradients of `example_loss` on `batch`, or the
+  `gradient_noise(params, grads)` callback), each layer's top Hessian-block
+  eigenvalue (`estimators.top_block_eigenvalues`, warm-started), puts the
+  mode's curvature signal (`curvature_signal`) in the window and forms Vol and
+  the thresholds. The returned Check has step 0, multiplier 1 and no
+  cool/warm decision; the scheduler fills those in. Shared with the
+  diagnostics (`indicators`).
   """
+  settings = settings.resolved()
   if gradient_noise is None:
     noise = estimators.gradient_noise(example_loss, params, batch, layers, mean_grads=grads)
   else:
     noise = gradient_noise(params, grads)
   mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
-  eigen = estimators.power_iteration(mean_loss, params, layers, signals.eigenvectors,
-                                     power_iterations, key=key)
+  eigen = estimators.top_block_eigenvalues(
+      mean_loss, params, layers, signals.eigenvectors, settings.curvature,
+      settings.curvature_steps, settings.curvature_tol, key=key)
   lam = eigen.values
-  lam_bar = jnp.maximum(lam * agg, 0.0)  # negative curvature adds no instability
+  value = curvature_signal(settings, lam, agg, step)
   size = signals.window.shape[0]
   newest = signals.checks % size
-  window = signals.window.at[newest].set(lam_bar)
+  window = signals.window.at[newest].set(value)
   filled = jnp.minimum(signals.checks + 1, size)
-  stats = window_statistics(window, filled, newest, variance)
-  thresholds = combined_threshold(noise, stats.vol, beta, kappa)
+  stats = window_statistics(window, filled, newest, settings.variance)
+  thresholds = combined_threshold(noise, stats, value, step, settings)
   no = jnp.zeros((layers.count,), bool)
   check = Check(
       step=jnp.zeros((), jnp.int32), alpha=step, alpha_g=thresholds.alpha_g,
       alpha_vol=thresholds.alpha_vol, alpha_tilde=thresholds.alpha_tilde, lam=lam,
-      lam_bar=lam_bar, mu=stats.mu, vol=stats.vol, sigma2=noise.sigma2,
+      lam_bar=value, mu=stats.mu, vol=stats.vol, sigma2=noise.sigma2,
       grad_sq=noise.grad_sq, multiplier=jnp.ones((layers.count,), jnp.float32),
       crossed=step > thresholds.alpha_tilde, cooled=no, warmed=no)
   return Signals(window, eigen.vectors, signals.checks + 1), check
 
 
+def curvature_signal(settings: SignalSettings, lam, agg, step):
+  """The per-layer value that goes into the window (Check.lam_bar).
+
+  paper: normalized sharpness max(lam * alpha_agg, 0) (negative curvature
+  adds no instability); reference: lam * alpha_agg with the global
+  normaliser, signed, or raw lam for its r* params; stability: max(lam, 0),
+  the raw curvature (its bound is a step: 2 a / ((1 + a) lam), compared with
+  the step the layer takes now, so a cooled layer stops cooling at once).
+  """
+  if settings.threshold == "reference":
+    return lam if settings.reference_param.startswith("r") else lam * agg
+  if settings.threshold == "stability":
+    return jnp.maximum(lam, 0.0)
+  return jnp.maximum(lam * agg, 0.0)
+
+
+def normaliser_of(settings: SignalSettings) -> str:
+  """The reference mode normalises sharpness with one global Adam normaliser."""
+  return "global" if settings.resolved().threshold == "reference" else "layer"
+
+
 def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
-               learning_rate=None, momentum=None):
+               learning_rate=None, momentum=None, normaliser="layer"):
   """(alpha (G,), alpha_agg (G,)): each layer's effective step, and the sharpness normaliser.
 
   kind: "adam", "adam_elementwise" (read from the Adam moments in
@@ -280,7 +428,10 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
   (-<u, g> / ||g||^2 of the final `updates`) or "auto" (adam if `opt_state`
   holds Adam moments, else generic). eta is the learning rate in an
   `optax.inject_hyperparams` state, else `learning_rate`, times `multiplier`.
-  alpha_agg is 1 except for Adam.
+  alpha_agg is 1 except for Adam: per layer (normaliser "layer"), or, with
+  normaliser "global", the reference code's one value for every layer, the
+  first layer's rate over (sqrt(mean of the raw second moments of all
+  parameters) + eps), no bias correction (`global_adam_normaliser`).
   """
   if kind == "auto":
     kind = "adam" if _find(opt_state, optax.ScaleByAdamState) is not None else "generic"
@@ -297,8 +448,12 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
       raise ValueError(f"effective_step: {kind!r} needs an Adam-like inner optimizer")
     b1, b2 = hparams.get("b1", 0.9), hparams.get("b2", 0.999)
     eps = hparams.get("eps", 1e-8)
-    return adam_effective_step(layers, adam.nu, adam.count, eta * multiplier,
-                               b1, b2, eps, elementwise=kind == "adam_elementwise")
+    alpha, agg = adam_effective_step(layers, adam.nu, adam.count, eta * multiplier,
+                                     b1, b2, eps, elementwise=kind == "adam_elementwise")
+    if normaliser == "global":
+      agg = jnp.full_like(agg, global_adam_normaliser(adam.nu, adam.count, eta * multiplier[0],
+                                                      eps))
+    return alpha, agg
   if kind == "sgd":
     m = hparams.get("momentum", momentum)
     m = 0.0 if m is None else m
@@ -307,6 +462,21 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
     return step, jnp.ones_like(step)
   step = generic_effective_step(layers, grads, updates)
   return step, jnp.ones_like(step)
+
+
+def global_adam_normaliser(nu, count, eta, eps):
+  """The reference code's alpha_agg: eta / (sqrt(mean of all raw second moments) + eps).
+
+  One mean over every element of every parameter (biases included), with no
+  bias correction; eta is the first layer's rate (the reference's group 0:
+  its input layer; here the first of `Layers.names`, which is the input layer
+  for the library's models, hidden_0 or conv_0). Before the first update
+  (no moments yet) it is eta, as in the reference code.
+  """
+  total = sum(jnp.sum(v) for v in jax.tree.leaves(nu))
+  size = sum(v.size for v in jax.tree.leaves(nu))
+  started = jnp.max(jnp.stack([jnp.max(c) for c in jax.tree.leaves(count)])) > 0
+  return jnp.where(started, eta / (jnp.sqrt(total / size + 1e-16) + eps), eta)
 
 
 def _scale(layers, updates, multiplier):
@@ -421,12 +591,60 @@ class Thresholds(NamedTuple):
   alpha_tilde: jax.Array
 
 
-def combined_threshold(noise: estimators.GradientNoise, vol, beta, kappa=1.0) -> Thresholds:
-  """alpha*_g, alpha*_vol and alpha~* = B ||g||^2 / (sigma2 + beta ||g||^2 Vol)."""
+def reference_term(param: str) -> tuple[str, float]:
+  """(kind, coefficient) of a reference `--param`: qm, cv, var, s or tau.
+
+  The reference code's suffix is not the coefficient: "10" means 20 and "1"
+  means 10, except sqm1 / rqm1, which use 75.
+  """
+  kind = param[1:].rstrip("0123456789").strip("_")
+  suffix = param[len(param.rstrip("0123456789")):]
+  if kind == "tau":
+    return kind, 0.0
+  if suffix == "1" and kind == "qm":
+    return kind, 75.0
+  return kind, 20.0 if suffix == "10" else 10.0
+
+
+def combined_threshold(noise: estimators.GradientNoise, stats: WindowStatistics, value, step,
+                       settings: SignalSettings = DEFAULTS) -> Thresholds:
+  """alpha*_g, alpha*_vol and the mode's combined threshold alpha~* (G,).
+
+  value: the newest window value (`curvature_signal`); step: the layers'
+  effective steps. paper: B ||g||^2 / (sigma2 + beta ||g||^2 Vol). reference:
+  B ||g||^2 / max(sigma2 + c ||g||^2 term, 1e-12), term by `reference_param`
+  (qm: (value^2 / mu)^2, 0 where mu <= 0; var: s2; cv: s2 / (mu + 1e-12); s:
+  value), or for *_tau 2 mu / (s2 + mu^2 + 1e-12). stability (the window holds
+  raw curvature): 2 a / ((1 + a) L), L = mu + sqrt((1 - delta) / delta)
+  sqrt(s2) the window's curvature plus its Cantelli margin, a = alpha*_g =
+  B ||g||^2 / sigma2 (the paper's descent bound before it drops ||g||^2 from
+  its denominator); UNBOUNDED for a layer with no gradient or no curvature.
+  `step` is unused since the thresholds are steps themselves.
+  """
+  settings = settings.resolved()
   alpha_g = estimators.critical_step(noise)
-  alpha_vol = safe_ratio(jnp.ones_like(vol), kappa * vol)
-  s2_tilde = noise.sigma2 + beta * noise.grad_sq * vol
-  alpha_tilde = safe_ratio(noise.batch_size * noise.grad_sq, s2_tilde)
+  alpha_vol = safe_ratio(jnp.ones_like(stats.vol), settings.kappa * stats.vol)
+  signal = noise.batch_size * noise.grad_sq
+  if settings.threshold == "paper":
+    alpha_tilde = safe_ratio(signal, noise.sigma2 + settings.beta * noise.grad_sq * stats.vol)
+  elif settings.threshold == "reference":
+    kind, c = reference_term(settings.reference_param)
+    mu, s2 = stats.mu, stats.s2
+    if kind == "tau":
+      alpha_tilde = 2 * mu / (s2 + mu**2 + 1e-12)
+    else:
+      term = {"qm": lambda: jnp.where(mu > 0, (value**2 / jnp.where(mu > 0, mu, 1.0))**2, 0.0),
+              "var": lambda: s2, "cv": lambda: s2 / (mu + 1e-12), "s": lambda: value}[kind]()
+      alpha_tilde = signal / jnp.maximum(noise.sigma2 + c * noise.grad_sq * term, 1e-12)
+    alpha_tilde = jnp.minimum(alpha_tilde, UNBOUNDED)
+  else:
+    # The paper's bound kept whole: alpha L < 2 a / (1 + a), a = alpha*_g, with L
+    # the window's curvature plus its Cantelli margin.
+    del step
+    share = jnp.where(alpha_g >= UNBOUNDED, 1.0, alpha_g / (1.0 + alpha_g))
+    margin = jnp.sqrt((1.0 - settings.delta) / settings.delta)
+    curvature = stats.mu + margin * jnp.sqrt(stats.s2)
+    alpha_tilde = jnp.where(signal > 0, safe_ratio(2.0 * share, curvature), UNBOUNDED)
   return Thresholds(alpha_g, alpha_vol, alpha_tilde)
 
 
@@ -448,7 +666,9 @@ def decide(alpha, alpha_tilde, safety, floor, in_warm_window, ready=True) -> Dec
 
 
 __all__ = [
-    "STATIC_ARGS", "Check", "NoiseCurvatureState", "noise_curvature_scheduler", "adam_effective_step",
+    "THRESHOLDS", "REFERENCE_PARAMS", "CURVATURES", "VARIANCES", "EFFECTIVE_STEPS",
+    "SignalSettings", "DEFAULTS", "curvature_signal", "normaliser_of", "reference_term",
+    "global_adam_normaliser", "STATIC_ARGS", "Check", "NoiseCurvatureState", "noise_curvature_scheduler", "adam_effective_step",
     "Signals", "init_signals", "observe", "layer_step",
     "generic_effective_step", "window_statistics", "combined_threshold", "decide",
     "UNBOUNDED",

@@ -155,12 +155,15 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     tx = optim.make_optimizer(config.optimizer, hparams, element_counts=unit_reset)
     if not scheduled:
       return tx
+    signals = config.signal_settings()
     return scheduler.noise_curvature_scheduler(
-        tx, check_every=config.check_every, window=config.window, safety=config.safety,
-        cool=config.cool, warm=config.warm, beta=config.beta, kappa=config.kappa,
-        warm_fraction=config.warm_fraction, steps_per_task=steps_per_task,
-        floor=config.floor, power_iterations=config.power_iterations,
-        variance=config.variance, effective_step=config.effective_step)
+        tx, threshold=signals.threshold, check_every=config.check_every, window=signals.window,
+        safety=config.safety, cool=config.cool, warm=config.warm, beta=signals.beta,
+        delta=signals.delta, reference_param=signals.reference_param, kappa=signals.kappa,
+        warm_fraction=config.warm_fraction, steps_per_task=steps_per_task, floor=config.floor,
+        curvature=signals.curvature, curvature_steps=signals.curvature_steps,
+        curvature_tol=signals.curvature_tol, variance=signals.variance,
+        effective_step=signals.effective_step)
 
   def hparams_of(opt_state):
     return optim.hparams_of(config.optimizer, opt_state.inner if scheduled else opt_state)
