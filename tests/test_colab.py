@@ -1,6 +1,7 @@
-"""colab/quickstart.ipynb: valid nbformat-4 JSON, no stored outputs, and it runs.
+"""colab/*.ipynb: valid nbformat-4 JSON, no stored outputs, and each runs.
 
-The notebook is executed cell by cell in one namespace, from its colab/ folder,
+quickstart.ipynb (the library's loop) and scheduler.ipynb (the optax
+transform in a user's own flax/optax loop). A notebook is executed cell by cell in one namespace, from its colab/ folder,
 with TRAINABILITY_QUICK=1 (3 tasks of 2 epochs) and the Agg backend. IPython
 lines (`%pip ...`, `!cmd ...`) are replaced by `pass`, keeping the indentation,
 so a guarded magic inside an `if` stays valid Python. No nbformat dependency.
@@ -19,6 +20,7 @@ import pytest
 
 COLAB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colab")
 NOTEBOOK = os.path.join(COLAB_DIR, "quickstart.ipynb")
+SCHEDULER_NOTEBOOK = os.path.join(COLAB_DIR, "scheduler.ipynb")
 
 CELL_KEYS = {
     "code": {"id", "cell_type", "metadata", "source", "outputs", "execution_count"},
@@ -32,8 +34,8 @@ REQUIRED_KEYS = {
 }
 
 
-def _load():
-  with open(NOTEBOOK, encoding="utf-8") as f:
+def _load(path=NOTEBOOK):
+  with open(path, encoding="utf-8") as f:
     return json.load(f)
 
 
@@ -56,8 +58,9 @@ def _without_magics(source: str) -> str:
   return "\n".join(out) + "\n"
 
 
-def test_notebook_is_valid_nbformat4_without_outputs():
-  nb = _load()
+@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK], ids=os.path.basename)
+def test_notebook_is_valid_nbformat4_without_outputs(path):
+  nb = _load(path)
   assert set(nb) == {"nbformat", "nbformat_minor", "metadata", "cells"}
   assert nb["nbformat"] == 4
   assert isinstance(nb["nbformat_minor"], int) and nb["nbformat_minor"] >= 0
@@ -104,8 +107,8 @@ def test_notebook_has_the_promised_parts():
     compile(_without_magics(source), "<cell>", "exec")
 
 
-@pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning")
-def test_notebook_runs_in_quick_mode(monkeypatch):
+def _run_quick(monkeypatch, path) -> dict:
+  """Executes the notebook's code cells in quick mode; returns their namespace."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -118,11 +121,17 @@ def test_notebook_runs_in_quick_mode(monkeypatch):
 
   namespace = {"__name__": "__main__"}
   try:
-    for i, source in enumerate(_code_cells(_load())):
-      exec(compile(_without_magics(source), f"<quickstart.ipynb code cell {i}>", "exec"),
+    for i, source in enumerate(_code_cells(_load(path))):
+      exec(compile(_without_magics(source), f"<{os.path.basename(path)} code cell {i}>", "exec"),
            namespace)
   finally:
     plt.close("all")
+  return namespace
+
+
+@pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning")
+def test_notebook_runs_in_quick_mode(monkeypatch):
+  namespace = _run_quick(monkeypatch, NOTEBOOK)
 
   assert namespace["QUICK"] is True
   assert "--lr" in namespace["help_text"]
@@ -151,3 +160,31 @@ def test_notebook_runs_in_quick_mode(monkeypatch):
   assert math.isclose(float(namespace["learning_rates"][0]), config.lr, rel_tol=1e-6)
   np.testing.assert_allclose(np.asarray(sweep.online_accuracy[0]),
                              np.asarray(metrics.online_accuracy), atol=0.01)
+
+
+def test_scheduler_notebook_has_the_promised_parts():
+  nb = _load(SCHEDULER_NOTEBOOK)
+  code = "\n".join(_code_cells(nb))
+  assert "from trainability.scheduler import noise_curvature_scheduler" in code
+  assert "nn.Module" in code and "optax.adam" in code   # the user's own flax/optax loop
+  assert "make_train" not in code and "Config" not in code  # not the library's loop
+  assert "Fig. 3" in code and "Fig. 6" in code
+  assert "http" not in code + "\n".join(_source(c) for c in nb["cells"])
+  for source in _code_cells(nb):
+    compile(_without_magics(source), "<cell>", "exec")
+
+
+@pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning")
+def test_scheduler_notebook_runs_in_quick_mode(monkeypatch):
+  namespace = _run_quick(monkeypatch, SCHEDULER_NOTEBOOK)
+  assert namespace["QUICK"] is True
+  tasks, steps = namespace["TASKS"], namespace["steps_per_task"]
+  assert np.asarray(namespace["online"]).shape == (tasks,)
+  checks = namespace["checks"]
+  per_task = steps // namespace["K"]
+  assert checks.alpha.shape == (tasks * per_task, 3)
+  for name in ("alpha", "alpha_g", "alpha_tilde", "lam", "multiplier"):
+    assert np.all(np.isfinite(getattr(checks, name))), name
+  assert np.all(checks.lam > 0)  # the curvature was measured at every check
+  every = np.arange(1, per_task + 1) * namespace["K"]
+  np.testing.assert_array_equal(checks.step, np.tile(every, tasks))
