@@ -55,8 +55,9 @@ BASELINES = {
 }
 SCHEDULERS = {
     "none": {},
-    "tuned": {"scheduler": "noise_curvature", "beta": 1e5, "cool": 0.9, "warm_fraction": 0.1},
-    "paper": {"scheduler": "noise_curvature"},
+    "tuned": {"scheduler": "noise_curvature", "beta": 1e5, "cool": 0.9, "warm_fraction": 0.1,
+              **arms.EARLIER_CURVATURE},
+    "paper": {"scheduler": "noise_curvature", **arms.EARLIER_CURVATURE},
 }
 
 

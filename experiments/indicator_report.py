@@ -26,6 +26,7 @@ import time
 import jax
 import numpy as np
 
+import arms
 from trainability import Config, devices, make_trainer, report, results, seed_keys
 
 ARMS = {"adam 1e-3": {}, "adam 3e-4": {"lr": 3e-4}, "adam 1e-4": {"lr": 1e-4},
@@ -44,7 +45,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   devices.use_cpu_cores()
   base = Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds, indicators="all",
-                indicator_every=args.every)
+                indicator_every=args.every, **arms.EARLIER_CURVATURE)
   runs = {}
   for name, changes in ARMS.items():
     config = base.replace(**changes)

@@ -43,7 +43,8 @@ def arm_configs(base: Config, bases, schedulers, beta, cool, warm_fraction):
     for s in schedulers:
       config = base.replace(**BASES[b])
       if s != "none":
-        config = config.replace(scheduler="noise_curvature", **settings[s])
+        config = config.replace(scheduler="noise_curvature", **settings[s],
+                                **arms.EARLIER_CURVATURE)
       out.append((b if s == "none" else f"{b} + {s}", b, s, config))
   return out
 
