@@ -119,3 +119,34 @@ def test_every_baseline_is_a_valid_config(monkeypatch):
   assert by_name["fourier"].activation == "fourier"
   with pytest.raises(SystemExit, match="--baselines: 'sam' is not accepted"):
     script.main(["--baselines", "adam,sam"])
+
+
+def test_scheduler_modes_runs_arms_writes_outputs_and_resumes(tmp_path, monkeypatch, capsys):
+  script = _load("scheduler_modes", monkeypatch)
+  argv = ["--suite", "main", "--arms", "adam,adam+stability", "--tasks", "2", "--epochs", "2",
+          "--out", str(tmp_path)]
+  assert script.main(argv) == 0
+  table = {r["arm"]: r for r in script.read_csv(tmp_path / "modes_main_table.csv")}
+  assert set(table) == {"adam", "adam+stability"} and table["adam"]["tasks"] == "2"
+  rows = script.read_csv(tmp_path / "modes_main.csv")
+  assert len(rows) == 2 * 2 * 2  # arms x seeds x tasks
+  assert all(len(r["lr_multiplier_per_layer"].split()) == 3 for r in rows
+             if r["arm"] == "adam+stability")
+  checks = script.read_csv(tmp_path / "adam+stability" / "checks_seed0.csv")
+  assert checks and {r["layer"] for r in checks} == {"hidden_0", "hidden_1", "output"}
+  for name in ("modes_main.png", "modes_main_lr.png", "modes_main_steps.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  # A second call skips the complete arms; a partial one runs again from its start.
+  results = tmp_path / "adam" / "results.csv"
+  results.write_text("".join(results.read_text().splitlines(True)[:2]))
+  capsys.readouterr()
+  assert script.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "adam+stability: complete, skipped" in out and "adam: complete" not in out
+  assert len(script.read_csv(results)) == 4
+
+
+def test_scheduler_modes_bad_arm_is_a_one_line_error(monkeypatch):
+  script = _load("scheduler_modes", monkeypatch)
+  with pytest.raises(SystemExit, match="--arms: 'nope' is not accepted"):
+    script.main(["--suite", "main", "--arms", "nope"])

@@ -1,0 +1,315 @@
+"""The scheduler's threshold modes against fixed learning rates, on three suites.
+
+    python experiments/scheduler_modes.py --suite main        # digits, random labels, 40 tasks
+    python experiments/scheduler_modes.py --suite permuted    # digits, permuted inputs, 40 tasks
+    python experiments/scheduler_modes.py --suite paper       # Fashion-MNIST, the paper's MLP
+    python experiments/scheduler_modes.py --suite main --arms adam,adam+stability --tasks 3
+
+Each arm is one `trainability run` (a subprocess: seeds vmapped, results.csv
+written after every task) into experiments/results/modes/SUITE/ARM/. An arm
+whose results.csv is complete is skipped, a partial one is run again from its
+start (runs are deterministic), so an interrupted sweep resumes where it
+stopped. After each arm the suite's committed outputs are rewritten:
+* modes_SUITE.csv: one row per arm x seed x task (online and final accuracy,
+  rho_hat, each layer's learning-rate multiplier at the task's end);
+* modes_SUITE_table.csv: per arm, the mean online accuracy over all tasks,
+  over the last 5, and at the last task (mean over seeds), with the paper's
+  read-off values beside the paper suite's arms;
+* modes_SUITE.png: online accuracy per task (paper Fig. 5), modes_SUITE_lr.png:
+  each layer's learned learning rate at every task's end (paper Fig. 6), and
+  modes_SUITE_steps.png: the first layer's effective step against alpha*_g,
+  alpha*_vol and alpha~* over the first 10 tasks of seed 0 (paper Fig. 3);
+* ARM/checks_seed0.csv: seed 0's checks (step, layer, alpha, alpha_g,
+  alpha_vol, alpha_tilde, lam_bar, multiplier), and ARM/multipliers.csv, each
+  seed's per-layer multipliers at every task's end, condensed from the run's
+  checks.csv (which is not committed); ARM/flags.json: the run's flags.
+
+The paper suite is the paper's setting (MLP 784-256-256-10, batch 256, Adam,
+random labels on 21,000 images, 40 tasks) on Fashion-MNIST from the Debian
+package `dataset-fashion-mnist` (installed here with apt-get if missing): MNIST
+is not offline, and with every label random the image content hardly matters.
+Its default 25 epochs per task are a tenth of the paper's 250.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+SCHEDULED = ["--scheduler", "noise_curvature"]
+MODES = {
+    "paper": SCHEDULED + ["--threshold", "paper"],
+    "algorithm1": SCHEDULED + ["--threshold", "paper", "--floor", "0.12"],
+    "reference": SCHEDULED + ["--threshold", "reference"],
+    "stability": SCHEDULED + ["--threshold", "stability"],
+    # Tuned on this very benchmark by scheduler_beta.py (with the earlier one-iteration
+    # curvature estimate); a comparison, not a candidate default.
+    "paper_tuned": SCHEDULED + ["--threshold", "paper", "--beta", "1e5", "--cool", "0.9",
+                                "--warm-fraction", "0.1"],
+}
+
+# Each suite: (common flags, {base arm: flags}, [(arm, base, extra flags)], read-off values).
+MAIN = ["--tasks", "40", "--seeds", "2"]
+PERMUTED = MAIN + ["--stream", "permuted_inputs"]
+PAPER = ["--dataset", "fashion_mnist", "--subset", "21000", "--batch-size", "256",
+         "--epochs", "25", "--tasks", "40", "--seeds", "2"]
+
+
+def _arms(bases, modes):
+  out = []
+  for base in bases:
+    out.append((base, base, []))
+    out += [(f"{base}+{m}", base, MODES[m]) for m in modes]
+  return out
+
+
+SUITES = {
+    "main": (MAIN, {"adam": [], "adam_lr1e-4": ["--lr", "1e-4"], "adam_lr3e-4": ["--lr", "3e-4"],
+                    "crelu": ["--activation", "crelu"],
+                    "l2_init": ["--regularizer", "l2_init", "--reg-coef", "1e-2"]},
+             _arms(["adam"], ["paper", "algorithm1", "reference", "stability", "paper_tuned"])
+             + [("adam_lr1e-4", "adam_lr1e-4", []), ("adam_lr3e-4", "adam_lr3e-4", [])]
+             + _arms(["crelu", "l2_init"], ["paper", "reference", "stability"]), {}),
+    "permuted": (PERMUTED, {"adam": [], "adam_lr1e-4": ["--lr", "1e-4"]},
+                 _arms(["adam"], ["paper", "reference", "stability"])
+                 + [("adam_lr1e-4", "adam_lr1e-4", [])], {}),
+    "paper": (PAPER, {"crelu": ["--activation", "crelu", "--lr", "1e-2"],
+                      "l2": ["--l2", "1e-3"]},
+              _arms(["crelu", "l2"], ["paper", "reference", "stability"]),
+              # Paper Fig. 5, read off the curves at task 40: vanilla, scheduled.
+              {"crelu": 0.10, "crelu+scheduled": 0.54, "l2": 0.105, "l2+scheduled": 0.49}),
+}
+
+ROW = ["arm", "seed", "task", "online_accuracy", "final_accuracy", "rho_hat",
+       "lr_multiplier_per_layer"]
+CHECK_COLUMNS = ["task", "check", "step", "layer", "alpha", "alpha_g", "alpha_vol",
+                 "alpha_tilde", "lam_bar", "multiplier"]
+
+
+def arm_flags(suite: str, arm: str, base: str, extra, epochs: int | None, tasks: int | None):
+  common, bases, _, _ = SUITES[suite]
+  flags = list(common) + bases[base] + list(extra)
+  for flag, value in (("--epochs", epochs), ("--tasks", tasks)):
+    if value is not None:
+      if flag in flags:
+        flags[flags.index(flag) + 1] = str(value)
+      else:
+        flags += [flag, str(value)]
+  return flags
+
+
+def expected_rows(flags) -> int:
+  from trainability.config import Config
+  value = lambda flag, default: int(flags[flags.index(flag) + 1]) if flag in flags else default
+  return value("--tasks", Config().tasks) * value("--seeds", Config().seeds)
+
+
+def read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def run_arm(out: str, flags) -> None:
+  """Runs one arm unless it is complete with these flags; a partial run starts again."""
+  results = os.path.join(out, "results.csv")
+  flags_path = os.path.join(out, "flags.json")
+  same = os.path.exists(flags_path) and json.load(open(flags_path)) == list(flags)
+  if same and os.path.exists(results) and len(read_csv(results)) >= expected_rows(flags):
+    print(f"  {os.path.basename(out)}: complete, skipped", flush=True)
+    return
+  if os.path.exists(out):
+    shutil.rmtree(out)
+  command = [sys.executable, "-m", "trainability", "run", *flags, "--out", out, "--no-progress"]
+  started = time.time()
+  os.makedirs(out)
+  code = subprocess.run(command).returncode
+  if code != 0:
+    raise SystemExit(f"arm {os.path.basename(out)}: trainability run exited with {code}")
+  with open(flags_path, "w") as f:  # written last: only a finished arm has it
+    json.dump(list(flags), f)
+  print(f"  {os.path.basename(out)}: {time.time() - started:.0f} s", flush=True)
+  condense_checks(out)
+
+
+def condense_checks(out: str) -> None:
+  """checks.csv (not committed) -> checks_seed0.csv and multipliers.csv (committed).
+
+  checks_seed0.csv: seed 0's checks, a few columns, 4 significant digits;
+  multipliers.csv: every seed's per-layer multipliers after each task's last check.
+  """
+  path = os.path.join(out, "checks.csv")
+  if not os.path.exists(path):
+    return
+  last = {}
+  with open(path, newline="") as f, open(os.path.join(out, "checks_seed0.csv"), "w",
+                                         newline="") as g:
+    writer = csv.writer(g)
+    writer.writerow(CHECK_COLUMNS)
+    for row in csv.DictReader(f):
+      last.setdefault((row["seed"], row["task"]), {})[row["layer"]] = row["multiplier"]
+      if row["seed"] == "0":
+        writer.writerow([row[c] if c in ("task", "check", "step", "layer")
+                         else f"{float(row[c]):.4g}" for c in CHECK_COLUMNS])
+  with open(os.path.join(out, "multipliers.csv"), "w", newline="") as g:
+    writer = csv.writer(g)
+    writer.writerow(["seed", "task", "layer", "multiplier"])
+    for (seed, task), layers in last.items():
+      for layer, value in sorted(layers.items()):
+        writer.writerow([seed, task, layer, f"{float(value):.4g}"])
+
+
+def arm_rows(name: str, out: str):
+  """The suite CSV's rows of one arm: from results.csv and the checks' multipliers."""
+  rows = read_csv(os.path.join(out, "results.csv"))
+  multipliers = {}
+  path = os.path.join(out, "multipliers.csv")
+  if os.path.exists(path):
+    for row in read_csv(path):
+      multipliers.setdefault((row["seed"], row["task"]), {})[row["layer"]] = float(
+          row["multiplier"])
+  for row in rows:
+    seed, task = row["seed"], row["task"]
+    per_layer = multipliers.get((seed, task), {})
+    yield [name, seed, task, row["online_accuracy"], row["final_accuracy"],
+           row.get("rho_hat", ""), " ".join(f"{per_layer[k]:.4g}" for k in sorted(per_layer))]
+
+
+def write_outputs(suite: str, done, results_dir: str = RESULTS) -> None:
+  """Rewrites the suite's CSV, table and figures from the arms done so far."""
+  _, _, _, readoff = SUITES[suite]
+  stem = os.path.join(results_dir, f"modes_{suite}")
+  rows = []
+  for name, out in done:
+    rows += list(arm_rows(name, out))
+  with open(f"{stem}.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(ROW)
+    writer.writerows(rows)
+  online = {}
+  for name, seed, task, acc, *_ in rows:
+    online.setdefault(name, {}).setdefault(int(seed), {})[int(task)] = float(acc)
+  curves = {name: np.array([[by_seed[s][t] for t in sorted(by_seed[s])] for s in sorted(by_seed)])
+            for name, by_seed in online.items()}
+  with open(f"{stem}_table.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["arm", "seeds", "tasks", "mean_online_accuracy", "last5_online_accuracy",
+                     "last_task_online_accuracy", "paper_task40_readoff"])
+    for name, c in curves.items():
+      base = name.split("+")[0]
+      paper = readoff.get(name, readoff.get(f"{base}+scheduled") if "+" in name else "")
+      writer.writerow([name, c.shape[0], c.shape[1], f"{c.mean():.3f}",
+                       f"{c[:, -5:].mean():.3f}", f"{c[:, -1].mean():.3f}",
+                       "" if paper in ("", None) else f"{paper:.2f}"])
+  plot(suite, stem, curves, done)
+
+
+def plot(suite, stem, curves, done) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  bases = sorted({n.split("+")[0] for n in curves}, key=list(curves).index)
+  fig, axes = plt.subplots(1, len(bases), figsize=(4.2 * len(bases), 3.4), squeeze=False)
+  for ax, base in zip(axes[0], bases):
+    for name, c in curves.items():
+      if name.split("+")[0] == base:
+        ax.plot(np.arange(1, c.shape[1] + 1), c.mean(0), label=name, lw=1.3)
+    ax.set(title=base, xlabel="task", ylabel="average online accuracy", ylim=(0, 1.02))
+    ax.axhline(0.1, color="grey", lw=0.6, ls=":")
+    ax.legend(fontsize=7)
+  fig.suptitle(f"suite {suite}: online accuracy per task, mean of seeds", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(f"{stem}.png", dpi=110)
+  plt.close(fig)
+
+  scheduled = [(n, o) for n, o in done if os.path.exists(os.path.join(o, "checks_seed0.csv"))]
+  if not scheduled:
+    return
+  fig, axes = plt.subplots(1, len(scheduled), figsize=(3.6 * len(scheduled), 3.2), squeeze=False)
+  fig3, axes3 = plt.subplots(1, len(scheduled), figsize=(3.6 * len(scheduled), 3.2),
+                             squeeze=False)
+  for ax, ax3, (name, out) in zip(axes[0], axes3[0], scheduled):
+    rows = read_csv(os.path.join(out, "checks_seed0.csv"))
+    lr = json.load(open(os.path.join(out, "config.json")))["config"]["lr"]
+    steps_per_task = json.load(open(os.path.join(out, "config.json")))["steps_per_task"]
+    for layer in sorted({r["layer"] for r in rows}):
+      own = [r for r in rows if r["layer"] == layer]
+      last = {}
+      for r in own:
+        last[int(r["task"])] = float(r["multiplier"]) * lr
+      ax.plot(np.array(sorted(last)) + 1, [last[t] for t in sorted(last)], label=layer)
+    ax.set(yscale="log", title=name, xlabel="task", ylabel="learning rate at task end")
+    ax.legend(fontsize=7)
+    first = sorted({r["layer"] for r in rows})[0]
+    own = [r for r in rows if r["layer"] == first and int(r["task"]) < 10]
+    step = np.array([int(r["task"]) * steps_per_task + int(r["step"]) for r in own])
+    for column, color in (("alpha", "C0"), ("alpha_vol", "C1"), ("alpha_g", "C3"),
+                          ("alpha_tilde", "C2")):
+      values = np.array([float(r[column]) for r in own])
+      ax3.plot(step, np.clip(values, 1e-6, 1e6), color=color, lw=0.8, label=column)
+    ax3.set(yscale="log", title=f"{name}: {first}", xlabel="step (tasks 1-10, seed 0)")
+    ax3.legend(fontsize=7)
+  fig.suptitle(f"suite {suite}: learned learning rates (paper Fig. 6)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(f"{stem}_lr.png", dpi=110)
+  fig3.suptitle(f"suite {suite}: effective step against the bounds (paper Fig. 3)",
+                fontsize=10)
+  fig3.tight_layout()
+  fig3.savefig(f"{stem}_steps.png", dpi=110)
+  plt.close(fig)
+  plt.close(fig3)
+
+
+def ensure_fashion_mnist() -> None:
+  if os.path.isdir(FASHION):
+    return
+  print("installing the Debian package dataset-fashion-mnist", flush=True)
+  subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"], check=True)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--suite", choices=sorted(SUITES), default="main")
+  parser.add_argument("--arms", default="all", help="comma list of arm names, or all")
+  parser.add_argument("--epochs", type=int, default=None, help="override epochs per task")
+  parser.add_argument("--tasks", type=int, default=None, help="override the number of tasks")
+  parser.add_argument("--out", default=None,
+                      help="directory of the arm runs and the suite's outputs (default: the "
+                      "arms in experiments/results/modes/SUITE, the outputs in "
+                      "experiments/results)")
+  args = parser.parse_args(argv)
+  _, _, arms, _ = SUITES[args.suite]
+  names = [a[0] for a in arms]
+  chosen = names if args.arms == "all" else args.arms.split(",")
+  for c in chosen:
+    if c not in names:
+      raise SystemExit(f"--arms: {c!r} is not accepted; choose from {', '.join(names)}")
+  if args.suite == "paper":
+    ensure_fashion_mnist()
+  root = args.out or os.path.join(RESULTS, "modes", args.suite)
+  for name, base, extra in arms:
+    if name not in chosen:
+      continue
+    run_arm(os.path.join(root, name), arm_flags(args.suite, name, base, extra, args.epochs,
+                                                args.tasks))
+    # Every arm of the suite that has results, in suite order (also those of earlier calls).
+    write_outputs(args.suite, [(a[0], os.path.join(root, a[0])) for a in arms
+                               if os.path.exists(os.path.join(root, a[0], "results.csv"))],
+                  args.out or RESULTS)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
