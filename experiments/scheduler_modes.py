@@ -220,12 +220,14 @@ def plot(suite, stem, curves, done) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  bases = sorted({n.split("+")[0] for n in curves}, key=list(curves).index)
-  fig, axes = plt.subplots(1, len(bases), figsize=(4.2 * len(bases), 3.4), squeeze=False)
+  panel = lambda name: name.split("+")[0].split("_lr")[0]  # fixed rates beside their base
+  bases = sorted({panel(n) for n in curves}, key=[panel(n) for n in curves].index)
+  fig, axes = plt.subplots(1, len(bases), figsize=(4.6 * len(bases), 3.6), squeeze=False)
   for ax, base in zip(axes[0], bases):
     for name, c in curves.items():
-      if name.split("+")[0] == base:
-        ax.plot(np.arange(1, c.shape[1] + 1), c.mean(0), label=name, lw=1.3)
+      if panel(name) == base:
+        ax.plot(np.arange(1, c.shape[1] + 1), c.mean(0), label=name, lw=1.3,
+                ls="--" if "_lr" in name else "-")
     ax.set(title=base, xlabel="task", ylabel="average online accuracy", ylim=(0, 1.02))
     ax.axhline(0.1, color="grey", lw=0.6, ls=":")
     ax.legend(fontsize=7)
@@ -237,10 +239,13 @@ def plot(suite, stem, curves, done) -> None:
   scheduled = [(n, o) for n, o in done if os.path.exists(os.path.join(o, "checks_seed0.csv"))]
   if not scheduled:
     return
-  fig, axes = plt.subplots(1, len(scheduled), figsize=(3.6 * len(scheduled), 3.2), squeeze=False)
-  fig3, axes3 = plt.subplots(1, len(scheduled), figsize=(3.6 * len(scheduled), 3.2),
-                             squeeze=False)
-  for ax, ax3, (name, out) in zip(axes[0], axes3[0], scheduled):
+  cols = min(4, len(scheduled))
+  rows_ = -(-len(scheduled) // cols)
+  fig, axes = plt.subplots(rows_, cols, figsize=(4.0 * cols, 3.3 * rows_), squeeze=False)
+  fig3, axes3 = plt.subplots(rows_, cols, figsize=(4.0 * cols, 3.3 * rows_), squeeze=False)
+  for ax in list(axes.flat[len(scheduled):]) + list(axes3.flat[len(scheduled):]):
+    ax.axis("off")
+  for ax, ax3, (name, out) in zip(axes.flat, axes3.flat, scheduled):
     rows = read_csv(os.path.join(out, "checks_seed0.csv"))
     lr = json.load(open(os.path.join(out, "config.json")))["config"]["lr"]
     steps_per_task = json.load(open(os.path.join(out, "config.json")))["steps_per_task"]
