@@ -56,8 +56,8 @@ BASELINES = {
 SCHEDULERS = {
     "none": {},
     "tuned": {"scheduler": "noise_curvature", "beta": 1e5, "cool": 0.9, "warm_fraction": 0.1,
-              **arms.EARLIER_CURVATURE},
-    "paper": {"scheduler": "noise_curvature", **arms.EARLIER_CURVATURE},
+              **arms.EARLIER_SCHEDULER},
+    "paper": {"scheduler": "noise_curvature", **arms.EARLIER_SCHEDULER},
 }
 
 

@@ -45,7 +45,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   devices.use_cpu_cores()
   base = Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds, indicators="all",
-                indicator_every=args.every, **arms.EARLIER_CURVATURE)
+                indicator_every=args.every, **arms.EARLIER_SCHEDULER)
   runs = {}
   for name, changes in ARMS.items():
     config = base.replace(**changes)

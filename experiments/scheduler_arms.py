@@ -44,7 +44,7 @@ def arm_configs(base: Config, bases, schedulers, beta, cool, warm_fraction):
       config = base.replace(**BASES[b])
       if s != "none":
         config = config.replace(scheduler="noise_curvature", **settings[s],
-                                **arms.EARLIER_CURVATURE)
+                                **arms.EARLIER_SCHEDULER)
       out.append((b if s == "none" else f"{b} + {s}", b, s, config))
   return out
 

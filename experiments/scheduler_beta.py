@@ -44,7 +44,7 @@ def main(argv=None):
   base = Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds)
   runs = [("adam", base)] + [
       (f"beta {float(b):g}", base.replace(scheduler="noise_curvature", beta=float(b),
-                                          cool=args.cool, **arms.EARLIER_CURVATURE))
+                                          cool=args.cool, **arms.EARLIER_SCHEDULER))
       for b in args.betas.split(",")]
   os.makedirs(args.out, exist_ok=True)
   table = os.path.join(args.out, f"{args.name}.csv")

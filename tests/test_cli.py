@@ -62,7 +62,7 @@ def test_interrupted_run_keeps_finished_tasks(tmp_path, monkeypatch, capsys):
 def test_scheduler_run_writes_checks_rho_hat_and_its_plot(tmp_path):
   out = tmp_path / "run"
   args = ["run", *TINY, "--tasks", "2", "--scheduler", "noise_curvature", "--check-every", "5",
-          "--beta", "10", "--variance", "instantaneous"]
+          "--threshold", "paper", "--beta", "10", "--variance", "instantaneous"]
   assert cli.main(args + ["--out", str(out)]) == 0
   rows = read_csv(out / "results.csv")
   assert all(0.0 <= float(r["rho_hat"]) <= 1.0 for r in rows)
