@@ -6,7 +6,7 @@
 Runs the same training (MLP 784-256-256-10, batch 256, Adam lr 1e-3, random
 labels on synthetic 28x28 inputs: MNIST is not offline, and the cost of a step
 does not depend on the pixel values) with and without
-`--scheduler noise_curvature` at its defaults (Lanczos curvature, at most 12
+`--scheduler noise_curvature` at its defaults (Lanczos curvature, at most 8
 HVPs per layer and check, stopping at a relative residual of 0.01), one seed,
 compiled once each, best of `--repeats` timed calls, and prints the ratio
 (target: at most 1.5x at K = 40). `--curvature power --curvature-steps 1` is

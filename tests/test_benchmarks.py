@@ -69,7 +69,7 @@ def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
   spec.loader.exec_module(module)
   assert module.main(["--quick"]) == 0
   out = capsys.readouterr().out
-  assert "8 steps, 4 checks (K = 2; curvature lanczos, 12 steps, tol 0.01)" in out
+  assert "8 steps, 4 checks (K = 2; curvature lanczos, 8 steps, tol 0.01)" in out
   assert "ratio scheduled / plain:" in out and "(target <= 1.5x)" in out
   for part in ("per-example norms (dense path)", "per-example gradients (generic)",
                "curvature (cold start)", "whole check"):
@@ -83,7 +83,7 @@ def test_curvature_accuracy_quick_run_prints_every_estimator(capsys):
   spec.loader.exec_module(module)
   assert module.main(["--quick"]) == 0
   out = capsys.readouterr().out
-  for name in ("power, 1 iteration (before)", "lanczos, tol 0.01, <= 12 steps"):
+  for name in ("power, 1 iteration (before)", "lanczos, tol 0.01, <= 8 steps"):
     line = next(l for l in out.splitlines() if l.startswith(name))
     assert "%" in line
   assert "reference: Lanczos" in out
