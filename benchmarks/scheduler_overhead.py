@@ -10,7 +10,7 @@ does not depend on the pixel values) with and without
 HVPs per layer and check, stopping at a relative residual of 0.01), one seed,
 compiled once each, best of `--repeats` timed calls, and prints the ratio
 (target: at most 1.5x at K = 40). `--curvature power --curvature-steps 1` is
-the one-iteration estimator used before (cheap, and 10x to 100x off:
+the one-iteration estimator used before (cheap, and up to 92% off:
 benchmarks/curvature_accuracy.py).
 
 It also splits the cost of one check, each part jitted and timed alone on the
