@@ -62,12 +62,16 @@ def test_bad_flags_exit_with_usage_error(throughput, argv, capsys):
   assert "error:" in capsys.readouterr().err
 
 
-def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
-  spec = importlib.util.spec_from_file_location(
-      "benchmarks_scheduler_overhead", SCRIPT.parent / "scheduler_overhead.py")
+def _benchmark(name):
+  """benchmarks/NAME.py as a module."""
+  spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", SCRIPT.parent / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  assert module.main(["--quick"]) == 0
+  return module
+
+
+def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
+  assert _benchmark("scheduler_overhead").main(["--quick"]) == 0
   out = capsys.readouterr().out
   assert "8 steps, 4 checks (K = 2; curvature lanczos, 8 steps, tol 0.01)" in out
   assert "ratio scheduled / plain:" in out and "(target <= 1.5x)" in out
@@ -77,11 +81,7 @@ def test_scheduler_overhead_quick_run_prints_ratio_and_split(capsys):
 
 
 def test_curvature_accuracy_quick_run_prints_every_estimator(capsys):
-  spec = importlib.util.spec_from_file_location(
-      "benchmarks_curvature_accuracy", SCRIPT.parent / "curvature_accuracy.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  assert module.main(["--quick"]) == 0
+  assert _benchmark("curvature_accuracy").main(["--quick"]) == 0
   out = capsys.readouterr().out
   for name in ("power, 1 iteration (before)", "lanczos, tol 0.01, <= 8 steps"):
     line = next(l for l in out.splitlines() if l.startswith(name))
