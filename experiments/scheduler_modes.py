@@ -248,8 +248,9 @@ def plot(suite, stem, curves, done) -> None:
     ax.axis("off")
   for ax, ax3, (name, out) in zip(axes.flat, axes3.flat, scheduled):
     rows = read_csv(os.path.join(out, "checks_seed0.csv"))
-    lr = json.load(open(os.path.join(out, "config.json")))["config"]["lr"]
-    steps_per_task = json.load(open(os.path.join(out, "config.json")))["steps_per_task"]
+    with open(os.path.join(out, "config.json")) as f:
+      saved = json.load(f)
+    lr, steps_per_task = saved["config"]["lr"], saved["steps_per_task"]
     for layer in sorted({r["layer"] for r in rows}):
       own = [r for r in rows if r["layer"] == layer]
       last = {}
