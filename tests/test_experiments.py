@@ -150,3 +150,19 @@ def test_scheduler_modes_bad_arm_is_a_one_line_error(monkeypatch):
   script = _load("scheduler_modes", monkeypatch)
   with pytest.raises(SystemExit, match="--arms: 'nope' is not accepted"):
     script.main(["--suite", "main", "--arms", "nope"])
+
+
+def test_scheduler_modes_paper100_is_the_paper_suite_at_100_epochs(monkeypatch):
+  script = _load("scheduler_modes", monkeypatch)
+  _, _, arms, _ = script.SUITES["paper100"]
+  assert [a[0] for a in arms] == ["crelu", "crelu+reference", "l2", "l2+reference"]
+  paper = script.arm_flags("paper", "crelu+reference", "crelu", script.MODES["reference"],
+                           None, None)
+  long = script.arm_flags("paper100", "crelu+reference", "crelu", script.MODES["reference"],
+                          None, None)
+  value = lambda flags, flag: flags[flags.index(flag) + 1]
+  assert (value(paper, "--epochs"), value(long, "--epochs")) == ("25", "100")
+  assert value(long, "--seeds") == "1"
+  strip = lambda flags: [f for i, f in enumerate(flags) if "--epochs" not in flags[i - 1:i + 1]
+                         and "--seeds" not in flags[i - 1:i + 1]]
+  assert strip(paper) == strip(long)
