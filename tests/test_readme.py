@@ -17,6 +17,11 @@ def blocks(language):
   return re.findall(rf"```{language}\n(.*?)```", read("README.md"), re.S)
 
 
+def block(text):
+  """The README's python block that contains `text`."""
+  return next(b for b in blocks("python") if text in b)
+
+
 def test_ci_runs_the_readme_test_command():
   commands = [b.strip() for b in blocks("bash")]
   test_command = next(c for c in commands if "pytest" in c)
@@ -33,7 +38,7 @@ def test_scheduler_example_runs_with_a_real_model():
   from trainability import models
   from trainability.config import Config
 
-  snippet = blocks("python")[1]
+  snippet = block("noise_curvature_scheduler(")
   model = models.make_model(Config(width=8, depth=1), (2, 2, 1), 3)
   params, _ = model.init(jax.random.key(0))
   batch = (jax.random.normal(jax.random.key(1), (6, 2, 2, 1)), np.arange(6) % 3)
@@ -53,7 +58,7 @@ def test_scheduler_example_runs_with_a_real_model():
 
 
 def test_python_example_runs_as_written(capsys):
-  example = blocks("python")[0]
+  example = block("make_train(config)")
   namespace = {}
   exec(compile(example, "README.md", "exec"), namespace)
   metrics, sweep = namespace["metrics"], namespace["sweep"]
@@ -62,3 +67,14 @@ def test_python_example_runs_as_written(capsys):
   assert np.all(np.isfinite(np.asarray(sweep.online_accuracy)))
   # Seed 0 at lr 1e-3 is the same run in both programs.
   np.testing.assert_allclose(sweep.online_accuracy[0], metrics.online_accuracy[0], atol=1e-5)
+
+
+def test_custom_component_example_runs_under_jit_and_vmap():
+  namespace = {}
+  exec(compile(block("Component("), "README.md", "exec"), namespace)
+  metrics, sweep = namespace["metrics"], namespace["sweep"]
+  clipped = np.asarray(metrics.records["clip"]["clipped"])
+  assert clipped.shape == (4, 4, 20)  # seeds, tasks, records: 400 steps per task / every 20
+  assert 0 < clipped.mean() < 1
+  shares = np.asarray(sweep.records["clip"]["clipped"]).mean((1, 2))
+  assert np.all(np.diff(shares) < 0)  # a looser bound clips less

@@ -6,7 +6,7 @@ import pytest
 
 from trainability import data
 from trainability.config import ConfigError
-from trainability.train import make_train, make_trainer, run_hparams, seed_keys
+from trainability.train import make_train, make_trainer, seed_keys
 
 
 def run(config, keys=None, hparams=None):
@@ -260,7 +260,7 @@ def test_a_baseline_at_zero_strength_is_plain_training_and_its_strength_is_trace
   plain = as_numpy(run(tiny_config, jnp.stack([jax.random.key(0)] * 2)))
   config = tiny_config.replace(**changes)
   zero = {k: 0.0 for k in ("reg_coef", "shrink", "perturb", "replacement_rate")
-          if k in run_hparams(config)}
+          if k in config.traced_fields()}
   hparams = {k: jnp.array([v, value if k == name else v]) for k, v in zero.items()}
   swept = as_numpy(run(config, jnp.stack([jax.random.key(0)] * 2), hparams))
   for metric in ("online_accuracy", "loss", "final_accuracy"):
@@ -306,7 +306,7 @@ def test_redo_resets_the_dead_units_in_the_run(tiny_config):
 def test_continual_backprop_replaces_units_at_its_rate_in_the_run(tiny_config):
   config = tiny_config.replace(unit_reset="cbp", maturity=30, replacement_rate=0.01)
   state, (trained, metrics) = _params_after(config, tasks=3)  # 60 steps
-  age = np.asarray(trained.unit_state.age["hidden_0"])
+  age = np.asarray(make_trainer(config).component_state(trained, "unit_reset").age["hidden_0"])
   replaced = int(np.sum(age < 60))  # a replaced unit cannot mature again by step 60
   # Steps 31-60: 0.01 x (32 - units replaced so far) each, about 9 units in all.
   assert 8 <= replaced <= 10

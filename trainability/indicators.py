@@ -31,13 +31,14 @@ host round trips. Three kinds:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from trainability import estimators, scheduler
+from trainability.components import Component
 from trainability.config import INDICATORS, indicator_names
 from trainability.scheduler import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
 
@@ -429,6 +430,27 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
 
   return Suite(names, labels, init, compute)
 
+
+
+def as_component(suite: Suite, every: int, probe_size: int,
+                 multiplier_of: Callable[[Any], Any] | None = None) -> Component:
+  """The suite as a run component: recorded after every `every` steps of a
+  task, on the task's probe batch (its first `probe_size` active training
+  examples). multiplier_of(opt_state): the per-layer learning-rate
+  multipliers of a scheduler in the optimizer state (None: 1), for the
+  effective step."""
+  def record(step, state, hp):
+    del hp
+    idx = jnp.argsort(1.0 - step.task.weight, stable=True)[:probe_size]
+    multiplier = None if multiplier_of is None else multiplier_of(step.opt_state)
+    return suite.compute(state, step.params, step.model_state, step.task.examples(idx),
+                         updates=step.updates, opt_state=step.opt_state, count=step.count,
+                         multiplier=multiplier)
+
+  return Component("indicators",
+                   init=lambda params, model_state, key: suite.init(params,
+                                                                    jax.random.fold_in(key, 1)),
+                   record=record, every=every)
 
 
 def indicators(params, batch, model, example_loss, *, model_state=None, names=NAMES,

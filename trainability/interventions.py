@@ -24,6 +24,9 @@ index list whose length changes, so every intervention runs under `jit` and
   element_counts=True)` that includes Adam's step count, per element, so the
   replaced weights' bias correction starts over, as for a new network.
 
+`reset_component`, `shrink_perturb_component` and `unit_reset_component` make
+them run components (`trainability.components`).
+
 For units the hidden layers of `models.make_model` are used: a unit is a
 channel of the dense or conv layer. |h| is the mean over the batch (and the
 spatial positions of a conv layer) of the activation's absolute value, summed
@@ -40,7 +43,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from trainability import models
+from trainability import models, optim
+from trainability.components import Component
 from trainability.config import PERTURB_NOISES
 
 
@@ -230,3 +234,127 @@ def reset_optimizer_state(opt_state, fresh_opt_state, touched):
     return jax.tree.map(jnp.where, touched, fresh, old)
 
   return jax.tree.map(merge, fresh_opt_state, opt_state, is_leaf=params_like)
+
+
+def reset_base_optimizer_state(optimizer: str, opt_state, params, touched):
+  """`reset_optimizer_state` applied to the base optimizer's state inside `opt_state`.
+
+  The base optimizer is the injected one (`optim.make_optimizer`, with one
+  step count per element); a wrapper's state around it (the scheduler's
+  multipliers, its curvature directions) is kept whole.
+  """
+  def reset(state):
+    fresh = optim.make_optimizer(optimizer, state.hyperparams, element_counts=True)
+    return reset_optimizer_state(state, fresh.init(params), touched)
+
+  return optim.map_base_state(opt_state, reset)
+
+
+def _select(pred, on_true, on_false):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def reset_component(what: str, model: models.Model) -> Component:
+  """Re-initialize the model ("model"), the optimizer state ("optimizer") or
+  both ("both") at the start of every task after the first. The model's new
+  init uses the run's init key folded with the task index."""
+  if what not in ("model", "optimizer", "both"):
+    raise ValueError(f"reset: {what!r} is not accepted; choose one of model, optimizer, both")
+
+  def task_start(boundary, state, hp):
+    del hp
+    later = boundary.task.index > 0
+    params, model_state = boundary.params, boundary.model_state
+    if what in ("model", "both"):
+      fresh_params, fresh_state = model.init(jax.random.fold_in(boundary.init_key,
+                                                                boundary.task.index))
+      params = _select(later, fresh_params, params)
+      model_state = _select(later, fresh_state, model_state)
+    opt_state = boundary.opt_state
+    if what in ("optimizer", "both"):
+      opt_state = _select(later, boundary.init_optimizer(params), opt_state)
+    return boundary._replace(params=params, model_state=model_state, opt_state=opt_state), state
+
+  return Component("reset", task_start=task_start)
+
+
+def shrink_perturb_component(when: str, shrink: float, perturb: float,
+                             noise: str = "gaussian", init_fn=None) -> Component:
+  """Shrink & perturb after every update (`when` "step") or at the start of
+  every task after the first ("task"); `shrink` and `perturb` are traced."""
+  hparams = {"shrink": shrink, "perturb": perturb}
+  apply = lambda params, key, hp: shrink_perturb(params, key, hp["shrink"], hp["perturb"], noise,
+                                                 init_fn)
+  if when == "step":
+    def after_update(step, state, hp):
+      return step._replace(params=apply(step.params, step.key, hp)), state
+
+    return Component("shrink_perturb", hparams=hparams, after_update=after_update)
+  if when != "task":
+    raise ValueError(f"shrink_perturb: {when!r} is not accepted; choose one of step, task")
+
+  def task_start(boundary, state, hp):
+    params = _select(boundary.task.index > 0, apply(boundary.params, boundary.key, hp),
+                     boundary.params)
+    return boundary._replace(params=params), state
+
+  return Component("shrink_perturb", hparams=hparams, task_start=task_start)
+
+
+def unit_reset_component(kind: str, model: models.Model, optimizer: str, *,
+                         replacement_rate: float = 1e-4, maturity: int = 100,
+                         utility_decay: float = 0.99, redo_every: int = 1000,
+                         redo_tau: float = 0.1, restart_each_task: bool = False) -> Component:
+  """Continual backprop (`kind` "cbp", every step) or ReDo ("redo", every
+  `redo_every` steps of a task) after each update.
+
+  The units' activity is measured on the step's minibatch with the
+  parameters of its forward pass; CBP's outgoing weights are the updated
+  ones. A replaced unit's weights get a fresh state of the base optimizer
+  `optimizer` (which must keep one step count per element: the component
+  asks for it). restart_each_task: CBP's utilities and ages start over with
+  each task (when the whole network is re-initialized there).
+  """
+  if not model.hidden:
+    raise ValueError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
+
+  def replaced(step, state, hp):
+    def activity():
+      return unit_activity(model.features(step.previous_params, step.previous_model_state,
+                                          step.batch[0]), model.copies)
+
+    if kind == "cbp":
+      return continual_backprop(state, activity(), outgoing_mass(model, step.params),
+                                hp["replacement_rate"], hp["maturity"], hp["utility_decay"])
+    units = units_of(model, step.previous_params)
+    # measured on schedule only, under a cond on the unbatched step counter
+    replace = jax.lax.cond(
+        (step.task_step + 1) % redo_every == 0,
+        lambda: dormant_units(activity(), hp["redo_tau"]),
+        lambda: {n: jnp.zeros((u,), bool) for n, u in units.items()})
+    return state, replace
+
+  def after_update(step, state, hp):
+    state, replace = replaced(step, state, hp)
+    fresh_params, fresh_model_state = model.init(step.key)
+    params, model_state, masks = reset_units(model, step.params, step.model_state, fresh_params,
+                                             fresh_model_state, replace)
+    opt_state = reset_base_optimizer_state(optimizer, step.opt_state, params, masks.touched)
+    return step._replace(params=params, model_state=model_state, opt_state=opt_state), state
+
+  if kind == "cbp":
+    def task_start(boundary, state, hp):
+      del hp
+      if restart_each_task:
+        state = _select(boundary.task.index > 0, init_unit_state(model, boundary.params), state)
+      return boundary, state
+
+    return Component(
+        "unit_reset", init=lambda params, model_state, key: init_unit_state(model, params),
+        hparams={"replacement_rate": replacement_rate, "maturity": maturity,
+                 "utility_decay": utility_decay},
+        task_start=task_start, after_update=after_update, element_counts=True)
+  if kind != "redo":
+    raise ValueError(f"unit_reset: {kind!r} is not accepted; choose one of cbp, redo")
+  return Component("unit_reset", hparams={"redo_tau": redo_tau}, after_update=after_update,
+                   element_counts=True)

@@ -128,9 +128,34 @@ def make_optimizer(name: str, hparams: Mapping[str, jnp.ndarray],
 
 
 def hparams_of(name: str, opt_state) -> dict[str, jnp.ndarray]:
-  """The hyperparameters of `name` held in an injected optimizer's state."""
+  """The hyperparameters of `name` held in an optimizer state: the injected
+  (base) optimizer's, also when a wrapper (the scheduler) holds it."""
   _, fields = _lookup(name)
-  return {k: opt_state.hyperparams[k] for k in fields}
+  base = base_state(opt_state)
+  return {k: base.hyperparams[k] for k in fields}
+
+
+# optax has two unrelated classes for the state of inject_hyperparams.
+INJECTED_STATES = tuple(
+    getattr(optax, name) for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+    if hasattr(optax, name))
+
+
+def _is_injected(node) -> bool:
+  return isinstance(node, INJECTED_STATES)
+
+
+def base_state(opt_state):
+  """The base (injected) optimizer's state inside `opt_state`, wrapped or not."""
+  found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_injected) if _is_injected(n)]
+  if not found:
+    raise ValueError("opt_state: holds no optax.inject_hyperparams state (optim.make_optimizer)")
+  return found[0]
+
+
+def map_base_state(opt_state, fn):
+  """`opt_state` with its base (injected) optimizer's state replaced by fn(that state)."""
+  return jax.tree.map(lambda n: fn(n) if _is_injected(n) else n, opt_state, is_leaf=_is_injected)
 
 
 def _lookup(name):

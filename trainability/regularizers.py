@@ -18,7 +18,8 @@ Faithful to the reference code (sheeerio/continual, implicit_regularization.py):
   (The reference's sigma_min variant is not offered.)
 
 Kernels are the leaves with two or more dimensions; plain L2 (coupled and
-decoupled) lives in the optimizer (`trainability.optim`).
+decoupled) lives in the optimizer (`trainability.optim`). `as_component`
+makes a regularizer a run component (`trainability.components`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from trainability.components import Component
 from trainability.config import REGULARIZERS
 
 
@@ -93,3 +95,12 @@ def penalty_fn(kind: str) -> Callable:
     raise ValueError(f"regularizer: {kind!r} is not accepted; choose one of "
                      f"{', '.join(REGULARIZERS)}")
   return table[kind]
+
+
+def as_component(kind: str, coefficient: float) -> Component:
+  """The regularizer `kind` as a run component: its anchor (the initial
+  parameters) is its state, and `reg_coef` (traced) weights its penalty."""
+  penalty = penalty_fn(kind)
+  return Component("regularizer", init=lambda params, model_state, key: prepare_anchor(kind, params),
+                   hparams={"reg_coef": coefficient},
+                   penalty=lambda params, anchor, hp: penalty(params, anchor), weight="reg_coef")

@@ -19,8 +19,7 @@ SCHEDULER_PLOT_FILE = "scheduler.png"
 def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
                 heldout: bool) -> list[dict]:
   """Rows from a TaskMetrics of shape (seeds, tasks); heldout column only when measured."""
-  values = {name: np.asarray(v) for name, v in metrics._asdict().items()
-            if name not in ("checks", "indicators")}
+  values = {name: np.asarray(v) for name, v in metrics._asdict().items() if name != "records"}
   if not heldout:
     values.pop("heldout_accuracy")
   if metrics.checks is not None:  # the scheduler's own checks, on training minibatches

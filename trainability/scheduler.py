@@ -80,6 +80,7 @@ import jax.numpy as jnp
 import optax
 
 from trainability import estimators
+from trainability.components import Component
 from trainability.estimators import UNBOUNDED, safe_ratio
 
 # The allowed values of the scheduler's and the signals' settings. config.py
@@ -345,6 +346,26 @@ def noise_curvature_scheduler(
                           window=signals.window, checks=signals.checks, key=key, last=last)
 
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+def state_of(opt_state) -> NoiseCurvatureState | None:
+  """The scheduler's state inside an optimizer state (None if there is none)."""
+  return _find(opt_state, NoiseCurvatureState)
+
+
+def multiplier_of(opt_state):
+  """The scheduler's per-layer learning-rate multipliers in `opt_state`, or None."""
+  state = state_of(opt_state)
+  return None if state is None else state.multiplier
+
+
+def as_component(check_every: int = 40, **settings) -> Component:
+  """The scheduler as a run component: it wraps the run's optimizer
+  (`noise_curvature_scheduler(tx, check_every=check_every, **settings)`) and
+  records its last check (a `Check`) after each check step of a task."""
+  wrap = lambda tx: noise_curvature_scheduler(tx, check_every=check_every, **settings)
+  record = lambda step, state, hp: (state_of(step.opt_state).last, state)
+  return Component("scheduler", wrap_optimizer=wrap, record=record, every=check_every)
 
 
 class Signals(NamedTuple):

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trainability import components as comp
 from trainability import data as data_lib
 from trainability import estimators, indicators, interventions, models, optim, regularizers
 from trainability import scheduler, tasks
@@ -51,12 +52,11 @@ class RunState(NamedTuple):
   init_key: jax.Array
   stream_key: jax.Array
   shuffle_key: jax.Array
-  indicator_state: Any = None  # indicators.SuiteState when indicators are recorded
-  # The baselines' run hyperparameters (run_hparams), traced: {name: scalar}.
+  # Each component's state, in the order of Trainer.components.
+  components: tuple = ()
+  # The components' traced hyperparameters: {name: scalar}.
   hparams: Any = None
-  anchor: Any = None      # regularizer l2_init/wasserstein: regularizers.prepare_anchor(init)
-  unit_state: Any = None  # unit_reset cbp: interventions.UnitState
-  intervention_key: Any = None  # randomness of shrink & perturb and unit resets
+  intervention_key: Any = None  # the components' task and step keys derive from it
 
 
 class TaskMetrics(NamedTuple):
@@ -64,13 +64,19 @@ class TaskMetrics(NamedTuple):
   loss: jax.Array
   final_accuracy: jax.Array
   heldout_accuracy: jax.Array
-  # With the noise-curvature scheduler: the task's checks, each field
-  # (checks, layers) (see scheduler.Check); None without it.
-  checks: Any = None
-  # With indicators: {name: (evaluations, columns)}, evaluated after task
-  # steps N, 2N, ... (N = indicator_every) on the task's probe batch; the
-  # columns are Trainer.indicator_labels[name].
-  indicators: Any = None
+  # {component name: its records}, each leaf (evaluations, ...) per task, the
+  # evaluations after task steps N - 1, 2N - 1, ... (N = the component's every).
+  records: dict = {}
+
+  @property
+  def checks(self):
+    """The scheduler's checks (scheduler.Check, each field (checks, layers)), or None."""
+    return self.records.get("scheduler")
+
+  @property
+  def indicators(self):
+    """{indicator: (evaluations, columns)} (Trainer.indicator_labels), or None."""
+    return self.records.get("indicators")
 
 
 class Trainer(NamedTuple):
@@ -82,15 +88,33 @@ class Trainer(NamedTuple):
   steps_per_epoch: int
   layer_names: tuple[str, ...]
   indicator_labels: dict = {}  # {indicator: column labels} of TaskMetrics.indicators
+  components: tuple = ()       # the run's components, built-in ones first
+
+  def component_state(self, state: RunState, name: str):
+    """The state of the component `name` in a RunState."""
+    names = [c.name for c in self.components]
+    if name not in names:
+      raise ValueError(f"name: {name!r} is not a component of this run; its components: "
+                       f"{', '.join(names) or 'none'}")
+    return state.components[names.index(name)]
 
 
-def make_train(config: Config, dataset: data_lib.Dataset | None = None):
-  """Returns the pure `train(key, hparams=None) -> TaskMetrics` of a config."""
-  return make_trainer(config, dataset).train
+def make_train(config: Config, dataset: data_lib.Dataset | None = None, components=()):
+  """Returns the pure `train(key, hparams=None) -> TaskMetrics` of a config.
+
+  components: your own `trainability.components.Component`s, run after the
+  config's built-in ones (see `make_trainer`).
+  """
+  return make_trainer(config, dataset, components).train
 
 
-def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Trainer:
-  """Builds the run's pure functions; loads the config's data set if none given."""
+def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
+                 components=()) -> Trainer:
+  """Builds the run's pure functions; loads the config's data set if none given.
+
+  The run's components are the config's (`components_of`) followed by
+  `components`; each acts through the hooks of `trainability.components`.
+  """
   if dataset is None:
     dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
   n, batch = len(dataset.y_train), config.batch_size
@@ -114,27 +138,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
   )
   x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-  reset_model = config.reset in ("model", "both")
-  reset_optimizer = config.reset in ("optimizer", "both")
   steps_per_task = config.epochs * steps_per_epoch
-  scheduled = config.scheduler == "noise_curvature"
-  recorded = indicator_names(config.indicators)
-  # Schedules counted in steps of a task must fit in one, or they never fire.
-  for used, field, never in ((scheduled, "check_every", "the scheduler would never check"),
-                             (recorded, "indicator_every", "no indicator would be recorded"),
-                             (config.unit_reset == "redo", "redo_every", "no unit would be reset")):
-    if used and getattr(config, field) > steps_per_task:
-      raise ConfigError(
-          f"{field}: {getattr(config, field)} is more than the {steps_per_task} steps of a "
-          f"task (epochs x (examples // batch_size)), so {never}; give {field} <= "
-          f"{steps_per_task} or more epochs")
-  probe_size = min(config.indicator_examples, n)
-  regularized = config.regularizer != "none"
-  penalty = regularizers.penalty_fn(config.regularizer)
-  unit_reset = config.unit_reset != "none"
-  if unit_reset and not model.hidden:
-    raise ConfigError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
-  per_step_sp = config.shrink_perturb == "step"
 
   def example_loss(p, model_state, example):
     """One example's loss in eval mode (BatchNorm uses its running statistics)."""
@@ -142,36 +146,21 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     logits_i, _ = model.apply(p, model_state, xi[None], train=False)
     return optax.softmax_cross_entropy_with_integer_labels(logits_i, yi[None])[0]
 
-  suite = None
-  if recorded:
-    suite = indicators.make_suite(
-        model, example_loss, jax.ShapeDtypeStruct((probe_size, *image_shape), jnp.float32),
-        recorded, indicators.options_of(config), learning_rate=config.lr,
-        momentum=config.momentum)
+  built_in, suite = components_of(config, model, example_loss, image_shape, n, steps_per_task)
+  parts = comp.check_components(built_in + tuple(components))
+  element_counts = any(c.element_counts for c in parts)
+  wrappers = [c.wrap_optimizer for c in parts if c.wrap_optimizer is not None]
 
   def make_tx(hparams):
-    # With unit resets, Adam counts steps per element, so a reset weight's
-    # state can be truly fresh (optim.scale_by_adam_per_element).
-    tx = optim.make_optimizer(config.optimizer, hparams, element_counts=unit_reset)
-    if not scheduled:
-      return tx
-    signals = config.signal_settings()
-    return scheduler.noise_curvature_scheduler(
-        tx, threshold=signals.threshold, check_every=config.check_every, window=signals.window,
-        safety=config.safety, cool=config.cool, warm=config.warm, beta=signals.beta,
-        delta=signals.delta, reference_param=signals.reference_param, kappa=signals.kappa,
-        warm_fraction=config.warm_fraction, steps_per_task=steps_per_task, floor=config.floor,
-        curvature=signals.curvature, curvature_steps=signals.curvature_steps,
-        curvature_tol=signals.curvature_tol, variance=signals.variance,
-        effective_step=signals.effective_step)
-
-  def hparams_of(opt_state):
-    return optim.hparams_of(config.optimizer, opt_state.inner if scheduled else opt_state)
+    tx = optim.make_optimizer(config.optimizer, hparams, element_counts=element_counts)
+    for wrap in wrappers:
+      tx = wrap(tx)
+    return optax.with_extra_args_support(tx)
 
   def init(key, hparams=None) -> RunState:
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
     values = optim.default_hparams(config)
-    run_values = run_hparams(config)
+    run_values = {h: jnp.float32(v) for c in parts for h, v in c.hparams.items()}
     for name, value in hparams.items():
       if name in run_values:
         run_values[name] = value
@@ -182,14 +171,10 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     init_key, stream_key, shuffle_key = jax.random.split(key, 3)
     params, model_state = model.init(init_key)
     opt_state = make_tx(values).init(params)
-    indicator_state = None if suite is None else suite.init(
-        params, jax.random.fold_in(init_key, 1))
-    anchor = regularizers.prepare_anchor(config.regularizer, params) if regularized else None
-    unit_state = (interventions.init_unit_state(model, params)
-                  if config.unit_reset == "cbp" else None)
-    return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key,
-                    indicator_state, run_values, anchor, unit_state,
-                    jax.random.fold_in(key, 1))
+    states = tuple(None if c.init is None else c.init(params, model_state, init_key)
+                   for c in parts)
+    return RunState(params, model_state, opt_state, init_key, stream_key, shuffle_key, states,
+                    run_values, jax.random.fold_in(key, 1))
 
   def loss_fn(params, model_state, x, y):
     logits, new_state = model.apply(params, model_state, x, train=True)
@@ -220,132 +205,69 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
     hits = jax.lax.map(chunk_hits, (idx, w))
     return hits.sum() / jnp.maximum(w.sum(), 1.0)
 
-  def reset_units(params, model_state, new_params, new_model_state, opt_state, unit_state, x,
-                  task_step, key, hp):
-    """Continual backprop (every step) or ReDo (every redo_every steps) after an update.
-
-    The units' activity is measured on this step's minibatch with the
-    parameters of its forward pass; CBP's outgoing weights are the updated ones.
-    """
-    def activity():
-      return interventions.unit_activity(model.features(params, model_state, x), model.copies)
-
-    if config.unit_reset == "cbp":
-      unit_state, replace = interventions.continual_backprop(
-          unit_state, activity(), interventions.outgoing_mass(model, new_params),
-          hp["replacement_rate"], hp["maturity"], hp["utility_decay"])
-    else:  # redo: measured on schedule only, under a cond on the unbatched step counter
-      units = interventions.units_of(model, params)
-      replace = jax.lax.cond(
-          (task_step + 1) % config.redo_every == 0,
-          lambda: interventions.dormant_units(activity(), hp["redo_tau"]),
-          lambda: {n: jnp.zeros((u,), bool) for n, u in units.items()})
-    fresh_params, fresh_model_state = model.init(key)
-    new_params, new_model_state, masks = interventions.reset_units(
-        model, new_params, new_model_state, fresh_params, fresh_model_state, replace)
-    inner = opt_state.inner if scheduled else opt_state
-    fresh = optim.make_optimizer(config.optimizer, hparams_of(opt_state), element_counts=True)
-    inner = interventions.reset_optimizer_state(inner, fresh.init(new_params), masks.touched)
-    opt_state = opt_state._replace(inner=inner) if scheduled else inner
-    return new_params, new_model_state, opt_state, unit_state
-
   def run_task(state: RunState, t) -> tuple[RunState, TaskMetrics]:
-    tx = make_tx(hparams_of(state.opt_state))
+    tx = make_tx(optim.hparams_of(config.optimizer, state.opt_state))
     task = stream.task(state.stream_key, t)
-    params, model_state, opt_state = state.params, state.model_state, state.opt_state
-    if reset_model:
-      fresh_params, fresh_model_state = model.init(jax.random.fold_in(state.init_key, t))
-      params = _select(t > 0, fresh_params, params)
-      model_state = _select(t > 0, fresh_model_state, model_state)
-    if reset_optimizer:
-      opt_state = _select(t > 0, tx.init(params), opt_state)
-    unit_state, hp = state.unit_state, state.hparams
-    if reset_model and unit_state is not None:
-      unit_state = _select(t > 0, interventions.init_unit_state(model, params), unit_state)
-    task_noise_key, steps_key = jax.random.split(jax.random.fold_in(state.intervention_key, t))
-    if config.shrink_perturb == "task":
-      params = _select(t > 0, interventions.shrink_perturb(
-          params, task_noise_key, hp["shrink"], hp["perturb"], config.perturb_noise,
-          model.init), params)
-
     example_weight = task.active_classes[y_train].astype(jnp.float32)
+    task_data = comp.TaskData(
+        t, example_weight, lambda idx: (task_inputs(x_train[idx], task), task.train_labels[idx]))
+    hp = state.hparams
+    task_key, steps_key = jax.random.split(jax.random.fold_in(state.intervention_key, t))
+    boundary, states = comp.start_task(parts, state.components, hp, comp.Boundary(
+        state.params, state.model_state, state.opt_state, task_data, task_key, state.init_key,
+        tx.init))
     valid_steps = jnp.sum(example_weight).astype(jnp.int32) // batch
-    task_key = jax.random.fold_in(state.shuffle_key, t)
+    shuffle_key = jax.random.fold_in(state.shuffle_key, t)
 
     def epoch(carry, e):
       # Active examples first, in a fresh random order every epoch.
-      u = jax.random.uniform(jax.random.fold_in(task_key, e), (n,))
+      u = jax.random.uniform(jax.random.fold_in(shuffle_key, e), (n,))
       order = jnp.argsort(jnp.where(example_weight > 0, u, u + 2.0))
       order = order[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
       steps = jnp.arange(steps_per_epoch)
       return jax.lax.scan(step, carry, (order, steps, e * steps_per_epoch + steps))
 
-    # The indicators' probe batch: the task's first probe_size active examples.
-    probe_idx = jnp.argsort(1.0 - example_weight, stable=True)[:probe_size]
-    probe = (task_inputs(x_train[probe_idx], task), task.train_labels[probe_idx])
-
     def step(carry, inputs):
       # j: step of the epoch; task_step: step of the task. Both are loop
       # counters, the same for every vmapped seed.
       idx, j, task_step = inputs
-      params, model_state, opt_state, indicator_state, unit_state = carry
-      x, y = task_inputs(x_train[idx], task), task.train_labels[idx]
-      (loss, (logits, new_model_state)), grads = grad_fn(params, model_state, x, y)
+      params, model_state, opt_state, states = carry
+      x, y = task_data.examples(idx)
+      (loss, (logits, new_model_state)), data_grads = grad_fn(params, model_state, x, y)
       hit_rate = jnp.mean(jnp.argmax(logits, -1) == y)
-      data_grads = grads
-      if regularized:
-        penalty_grads = jax.grad(penalty)(params, state.anchor)
-        grads = jax.tree.map(lambda g, r: g + hp["reg_coef"] * r, grads, penalty_grads)
-      if scheduled:
-        loss_i = lambda p, example: example_loss(p, model_state, example)
-        noise_fn = estimators.dense_noise_fn(loss_i, (x, y), model.dense_inputs, model_state)
-        if regularized:  # the bounds measure the data loss's gradient noise, not the penalty's
-          noise_fn = _data_noise_fn(noise_fn, loss_i, (x, y), data_grads)
-        updates, new_opt_state = tx.update(
-            grads, opt_state, params, example_loss=loss_i, batch=(x, y),
-            task_step=task_step, step=task_step, gradient_noise=noise_fn)
-      else:
-        updates, new_opt_state = tx.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      step_key = jax.random.fold_in(steps_key, task_step)
-      if per_step_sp:
-        new_params = interventions.shrink_perturb(
-            new_params, step_key, hp["shrink"], hp["perturb"], config.perturb_noise, model.init)
-      if unit_reset:
-        new_params, new_model_state, new_opt_state, unit_state = reset_units(
-            params, model_state, new_params, new_model_state, new_opt_state, unit_state, x,
-            task_step, step_key, hp)
-      values = None
-      if suite is not None:  # on schedule only: a cond on the unbatched step counter
-        def evaluate(s):
-          return suite.compute(
-              s, new_params, new_model_state, probe, updates=updates, opt_state=new_opt_state,
-              count=t * steps_per_task + task_step + 1,
-              multiplier=new_opt_state.multiplier if scheduled else None)
-
-        def skip(s):
-          return {n: jnp.zeros((len(suite.labels[n]),), jnp.float32) for n in suite.names}, s
-
-        values, indicator_state = jax.lax.cond(
-            (task_step + 1) % config.indicator_every == 0, evaluate, skip, indicator_state)
-      new = (new_params, new_model_state, new_opt_state, indicator_state, unit_state)
+      grads = comp.penalty_gradients(parts, states, hp, params, data_grads)
+      loss_i = lambda p, example: example_loss(p, model_state, example)
+      # The noise signals measure the data loss's gradient noise, not the penalties'.
+      noise_fn = _data_noise_fn(
+          estimators.dense_noise_fn(loss_i, (x, y), model.dense_inputs, model_state),
+          loss_i, (x, y), data_grads)
+      updates, new_opt_state = tx.update(
+          grads, opt_state, params, example_loss=loss_i, batch=(x, y), task_step=task_step,
+          step=task_step, gradient_noise=noise_fn)
+      after = comp.Step(
+          optax.apply_updates(params, updates), new_model_state, new_opt_state, updates,
+          data_grads, params, model_state, (x, y), task_data, task_step,
+          t * steps_per_task + task_step + 1, jax.random.fold_in(steps_key, task_step))
+      after, new_states = comp.after_update(parts, states, hp, after)
+      new = (after.params, after.model_state, after.opt_state, new_states)
       record = (loss, hit_rate, jnp.float32(1.0))
       if stream.masks_examples:
         valid = j < valid_steps
         new = _select(valid, new, carry)
         record = (valid * loss, valid * hit_rate, valid.astype(jnp.float32))
-      return new, record + (new[2].last if scheduled else None, values)
+      # Records see the state the run holds after the step.
+      after = after._replace(params=new[0], model_state=new[1], opt_state=new[2])
+      values, new_states = comp.record(parts, new[3], hp, after)
+      return new[:3] + (new_states,), record + (values,)
 
-    carry = (params, model_state, opt_state, state.indicator_state, unit_state)
-    (params, model_state, opt_state, indicator_state, unit_state), \
-        (losses, hits, counted, lasts, values) = jax.lax.scan(epoch, carry,
-                                                              jnp.arange(config.epochs))
-
-    def every(k, tree):  # the records after task steps k - 1, 2k - 1, ...
-      return jax.tree.map(lambda a: a.reshape(steps_per_task, *a.shape[2:])[k - 1::k], tree)
-
-    checks = every(config.check_every, lasts) if scheduled else None
-    recorded_values = every(config.indicator_every, values) if suite is not None else None
+    carry = (boundary.params, boundary.model_state, boundary.opt_state, states)
+    (params, model_state, opt_state, states), (losses, hits, counted, values) = jax.lax.scan(
+        epoch, carry, jnp.arange(config.epochs))
+    # Each component's records after task steps every - 1, 2 every - 1, ...
+    every = {c.name: c.every for c in parts}
+    records = {name: jax.tree.map(
+        lambda a, k=every[name]: a.reshape(steps_per_task, *a.shape[2:])[k - 1::k], v)
+        for name, v in values.items()}
     steps = jnp.maximum(counted.sum(), 1.0)
     final = accuracy(params, model_state, x_train, task.train_labels, example_weight, task)
     if config.heldout:
@@ -353,10 +275,9 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
                          task.active_classes[y_test].astype(jnp.float32), task)
     else:
       heldout = jnp.float32(jnp.nan)
-    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout, checks,
-                          recorded_values)
+    metrics = TaskMetrics(hits.sum() / steps, losses.sum() / steps, final, heldout, records)
     return state._replace(params=params, model_state=model_state, opt_state=opt_state,
-                          indicator_state=indicator_state, unit_state=unit_state), metrics
+                          components=states), metrics
 
   def run_tasks(state: RunState, task_ids) -> tuple[RunState, TaskMetrics]:
     return jax.lax.scan(run_task, state, jnp.asarray(task_ids, jnp.int32))
@@ -366,12 +287,61 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None) -> Tra
 
   layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
   return Trainer(init, run_tasks, train, model, stream, steps_per_epoch, layer_names,
-                 {} if suite is None else dict(suite.labels))
+                 {} if suite is None else dict(suite.labels), parts)
 
 
-def run_hparams(config: Config) -> dict[str, jax.Array]:
-  """The traced hyperparameters of the config's baselines (Config.traced_fields)."""
-  return {n: jnp.float32(getattr(config, n)) for n in config.traced_fields()}
+def components_of(config: Config, model: models.Model, example_loss, image_shape, n: int,
+                  steps_per_task: int):
+  """(the config's built-in components, in the order they act; the indicator suite or None).
+
+  example_loss(params, model_state, example): one example's loss in eval mode.
+  """
+  scheduled = config.scheduler == "noise_curvature"
+  recorded = indicator_names(config.indicators)
+  # Schedules counted in steps of a task must fit in one, or they never fire.
+  for used, field, never in ((scheduled, "check_every", "the scheduler would never check"),
+                             (recorded, "indicator_every", "no indicator would be recorded"),
+                             (config.unit_reset == "redo", "redo_every", "no unit would be reset")):
+    if used and getattr(config, field) > steps_per_task:
+      raise ConfigError(
+          f"{field}: {getattr(config, field)} is more than the {steps_per_task} steps of a "
+          f"task (epochs x (examples // batch_size)), so {never}; give {field} <= "
+          f"{steps_per_task} or more epochs")
+  if config.unit_reset != "none" and not model.hidden:
+    raise ConfigError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
+  out, suite = [], None
+  if config.reset != "none":
+    out.append(interventions.reset_component(config.reset, model))
+  if config.regularizer != "none":
+    out.append(regularizers.as_component(config.regularizer, config.reg_coef))
+  if config.shrink_perturb != "none":
+    out.append(interventions.shrink_perturb_component(
+        config.shrink_perturb, config.shrink, config.perturb, config.perturb_noise, model.init))
+  if config.unit_reset != "none":
+    out.append(interventions.unit_reset_component(
+        config.unit_reset, model, config.optimizer, replacement_rate=config.replacement_rate,
+        maturity=config.maturity, utility_decay=config.utility_decay,
+        redo_every=config.redo_every, redo_tau=config.redo_tau,
+        restart_each_task=config.reset in ("model", "both")))
+  if scheduled:
+    signals = config.signal_settings()
+    out.append(scheduler.as_component(
+        check_every=config.check_every, threshold=signals.threshold, window=signals.window,
+        safety=config.safety, cool=config.cool, warm=config.warm, beta=signals.beta,
+        delta=signals.delta, reference_param=signals.reference_param, kappa=signals.kappa,
+        warm_fraction=config.warm_fraction, steps_per_task=steps_per_task, floor=config.floor,
+        curvature=signals.curvature, curvature_steps=signals.curvature_steps,
+        curvature_tol=signals.curvature_tol, variance=signals.variance,
+        effective_step=signals.effective_step))
+  if recorded:
+    probe_size = min(config.indicator_examples, n)
+    suite = indicators.make_suite(
+        model, example_loss, jax.ShapeDtypeStruct((probe_size, *image_shape), jnp.float32),
+        recorded, indicators.options_of(config), learning_rate=config.lr,
+        momentum=config.momentum)
+    out.append(indicators.as_component(suite, config.indicator_every, probe_size,
+                                       scheduler.multiplier_of))
+  return tuple(out), suite
 
 
 def _data_noise_fn(noise_fn, example_loss, batch, data_grads):
