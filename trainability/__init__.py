@@ -3,8 +3,9 @@
 The continual-learning core: offline data sets (`data`), task streams
 (`tasks`), pure models (`models`), optax optimizers (`optim`) and pure,
 vmappable training runs (`train`); the noise-curvature step-size scheduler as
-an optax transformation (`scheduler`) and its per-layer estimators
-(`estimators`).
+an optax transformation (`scheduler`), the signals it decides on (`signals`)
+and its per-layer estimators (`estimators`); the component interface through
+which remedies, indicators and the scheduler act in a run (`components`).
 
 Imports are lazy: `from trainability.scheduler import noise_curvature_scheduler`
 loads jax and optax only (no flax, scikit-learn or matplotlib), and each name
@@ -25,8 +26,9 @@ _EXPORTS = {
     "RunState": "train", "TaskMetrics": "train", "Trainer": "train", "make_train": "train",
     "make_trainer": "train", "seed_keys": "train",
 }
-_MODULES = ("cli", "config", "data", "devices", "estimators", "indicators", "interventions",
-            "models", "optim", "regularizers", "report", "results", "scheduler", "tasks", "train")
+_MODULES = ("cli", "components", "config", "data", "devices", "estimators", "indicators",
+            "interventions", "models", "optim", "regularizers", "report", "results", "scheduler",
+            "signals", "tasks", "train")
 
 __all__ = list(_EXPORTS)
 

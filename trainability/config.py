@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from trainability.scheduler import (
+from trainability.signals import (
     CURVATURES, DEFAULTS as SIGNALS, EFFECTIVE_STEPS, MODE_DEFAULTS, REFERENCE_PARAMS, THRESHOLDS,
     VARIANCES)
 
@@ -302,7 +302,7 @@ class Config:
       )
 
   def signal_settings(self):
-    """The scheduler.SignalSettings of this config (mode-specific ones only in their mode)."""
+    """The signals.SignalSettings of this config (mode-specific ones only in their mode)."""
     mode = lambda name: getattr(self, name) if self.unused_because(name) is None else None
     return SIGNALS._replace(
         threshold=self.threshold, beta=mode("beta"), delta=mode("delta"),

@@ -37,10 +37,10 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from trainability import estimators, scheduler
+from trainability import estimators, signals as signals_lib
 from trainability.components import Component
 from trainability.config import INDICATORS, indicator_names
-from trainability.scheduler import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
+from trainability.signals import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
 
 _TINY = 1e-30
 
@@ -259,7 +259,7 @@ def exact_hessian_rank(loss, params, mass: float = 0.99, tol: float = 1e-6) -> E
 
 NAMES = INDICATORS
 PARAMETER, FEATURE, CURVATURE = NAMES[:4], NAMES[4:8], NAMES[8:12]
-SIGNALS = NAMES[12:]  # the noise-curvature signals of method.md section 3 (scheduler.observe)
+SIGNALS = NAMES[12:]  # the noise-curvature signals of method.md section 3 (signals_lib.observe)
 
 
 class Options(NamedTuple):
@@ -282,7 +282,7 @@ def options_of(config) -> Options:
 
 
 class SuiteState(NamedTuple):
-  signals: Any                    # scheduler.Signals (per layer)
+  signals: Any                    # signals.Signals (per layer)
   network_vector: Any             # warm start of the whole-network sharpness
   key: jax.Array
 
@@ -337,7 +337,7 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
   def init(params, key) -> SuiteState:
     k1, k2, k3 = jax.random.split(key, 3)
     layers_ = estimators.layers_of(params)
-    return SuiteState(scheduler.init_signals(params, layers_, options.signals.window, k1),
+    return SuiteState(signals_lib.init_signals(params, layers_, options.signals.window, k1),
                       estimators.random_unit_vectors(k2, params, whole_network(params)), k3)
 
   def compute(state: SuiteState, params, model_state, batch, *, updates=None, opt_state=None,
@@ -411,11 +411,11 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       out["sharpness"] = both(whole.values[0], blocks.values)
     if wanted & set(SIGNALS):
       m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
-      step, agg = scheduler.layer_step(curvature.effective_step, layers, opt_state, count, m,
+      step, agg = signals_lib.layer_step(curvature.effective_step, layers, opt_state, count, m,
                                        grads, updates, learning_rate, momentum,
-                                       normaliser=scheduler.normaliser_of(curvature))
+                                       normaliser=signals_lib.normaliser_of(curvature))
       noise_fn = estimators.dense_noise_fn(loss_i, batch, model.dense_inputs, model_state)
-      signals, check = scheduler.observe(
+      signals, check = signals_lib.observe(
           signals, layers, params, grads, loss_i, batch, step, agg, keys[3], curvature,
           gradient_noise=noise_fn)
       if "sharpness" in wanted:

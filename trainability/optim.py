@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from trainability.config import ConfigError
+from trainability.signals import INJECTED_STATES, find_state
 
 
 def _with_coupled_l2(factory):
@@ -135,22 +136,16 @@ def hparams_of(name: str, opt_state) -> dict[str, jnp.ndarray]:
   return {k: base.hyperparams[k] for k in fields}
 
 
-# optax has two unrelated classes for the state of inject_hyperparams.
-INJECTED_STATES = tuple(
-    getattr(optax, name) for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
-    if hasattr(optax, name))
-
-
 def _is_injected(node) -> bool:
   return isinstance(node, INJECTED_STATES)
 
 
 def base_state(opt_state):
   """The base (injected) optimizer's state inside `opt_state`, wrapped or not."""
-  found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_injected) if _is_injected(n)]
-  if not found:
+  found = find_state(opt_state, INJECTED_STATES)
+  if found is None:
     raise ValueError("opt_state: holds no optax.inject_hyperparams state (optim.make_optimizer)")
-  return found[0]
+  return found
 
 
 def map_base_state(opt_state, fn):

@@ -48,7 +48,7 @@ def check_rows(checks, seeds: Sequence[int], task_ids: Sequence[int],
                layer_names: Sequence[str]) -> list[dict]:
   """One row per seed x task x check x layer with every quantity of the check.
 
-  `checks` is a scheduler.Check whose fields have shape (seeds, tasks, checks, layers).
+  `checks` is a signals.Check whose fields have shape (seeds, tasks, checks, layers).
   """
   fields = {name: np.asarray(v) for name, v in checks._asdict().items()}
   step = fields.pop("step")

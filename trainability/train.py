@@ -70,7 +70,7 @@ class TaskMetrics(NamedTuple):
 
   @property
   def checks(self):
-    """The scheduler's checks (scheduler.Check, each field (checks, layers)), or None."""
+    """The scheduler's checks (signals.Check, each field (checks, layers)), or None."""
     return self.records.get("scheduler")
 
   @property
