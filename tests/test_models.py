@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from trainability import models
-from trainability.config import ACTIVATIONS, Config
+from trainability.config import Config
+from trainability.models import ACTIVATIONS
 
 KEY = jax.random.key(0)
 

@@ -146,20 +146,22 @@ def penalty_gradients(components, states, hparams, params, grads):
   return grads
 
 
-def start_task(components, states, hparams, boundary: Boundary):
+def _through(hook: str, components, states, hparams, view):
+  """`view` passed through every component's `hook`, in order; (view, new states)."""
   states = list(states)
   for i, c in enumerate(components):
-    if c.task_start is not None:
-      boundary, states[i] = c.task_start(boundary, states[i], own_hparams(c, hparams))
-  return boundary, tuple(states)
+    fn = getattr(c, hook)
+    if fn is not None:
+      view, states[i] = fn(view, states[i], own_hparams(c, hparams))
+  return view, tuple(states)
+
+
+def start_task(components, states, hparams, boundary: Boundary):
+  return _through("task_start", components, states, hparams, boundary)
 
 
 def after_update(components, states, hparams, step: Step):
-  states = list(states)
-  for i, c in enumerate(components):
-    if c.after_update is not None:
-      step, states[i] = c.after_update(step, states[i], own_hparams(c, hparams))
-  return step, tuple(states)
+  return _through("after_update", components, states, hparams, step)
 
 
 def record(components, states, hparams, step: Step):

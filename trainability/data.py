@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from trainability.settings import Predicate, Setting
+
 DEFAULT_DATA_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
     "mnist": "data/mnist",
@@ -118,7 +120,7 @@ def normalize_dataset(ds: Dataset, method: str) -> Dataset:
     mean, std = np.float32(0.0), np.float32(1.0)
   else:
     raise DataError(
-        f"normalize: {method!r} is not accepted; choose one of standardize, per_feature, unit, none"
+        f"normalize: {method!r} is not accepted; choose one of {', '.join(NORMALIZATIONS)}"
     )
   std = np.where(std > 0, std, 1.0).astype(np.float32)  # constant pixels stay 0.
   return ds._replace(
@@ -270,3 +272,26 @@ def _checked(name, where, x_train, y_train, x_test, y_test, num_classes) -> Data
 
 def _reason(e: Exception) -> str:
   return " ".join(str(e).split()) or type(e).__name__
+
+
+DATASETS = ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
+NORMALIZATIONS = ("standardize", "per_feature", "unit", "none")
+
+
+def _subset_problem(value):
+  """None (all) or an integer >= 0."""
+  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+    return "give an integer >= 0 or none"
+  return None
+
+
+SETTINGS = (
+    Setting("dataset", "digits", "data set", str, DATASETS),
+    Setting("data_dir", None, "directory holding the data files (default: per data set, see "
+            "README)", str),
+    Setting("subset", 1000, "train on the first N training images only (0 or none: all)", int,
+            check=Predicate(_subset_problem)),
+    Setting("normalize", "standardize", "input scaling: standardize (global mean/std of the "
+            "training set), per_feature (per-pixel mean/std), unit ([0, 1]), none", str,
+            NORMALIZATIONS),
+)

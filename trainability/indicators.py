@@ -39,8 +39,47 @@ from jax.flatten_util import ravel_pytree
 
 from trainability import estimators, signals as signals_lib
 from trainability.components import Component
-from trainability.config import INDICATORS, indicator_names
+from trainability.settings import ConfigError, Integer, Number, Predicate, Setting, by_name
 from trainability.signals import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
+
+# The trainability indicators, in recording order.
+INDICATORS = (
+    "weight_norm", "gradient_norm", "update_norm", "grad_param_ratio",         # parameters
+    "unit_sign_entropy", "dormant_fraction", "srank", "effective_rank",        # features
+    "sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank",           # curvature
+    "effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde",  # noise-curvature
+    "crossed")
+
+
+def indicator_names(text: str) -> tuple[str, ...]:
+  """"all", "none" or a comma list of INDICATORS, in INDICATORS order."""
+  if text in ("none", ""):
+    return ()
+  if text == "all":
+    return INDICATORS
+  chosen = [n.strip() for n in text.split(",")]
+  for n in chosen:
+    if n not in INDICATORS:
+      raise ConfigError(f"indicators: {n!r} is not accepted; choose all, none or any of "
+                        f"{', '.join(INDICATORS)}")
+  return tuple(n for n in INDICATORS if n in chosen)
+
+
+def _indicators_problem(value):
+  indicator_names(value)  # its own one-line error lists the accepted names
+  return None
+
+
+SETTINGS = (
+    Setting("indicators", "none", "indicators to record: all, none, or a comma list (see "
+            "trainability.indicators)", str, check=Predicate(_indicators_problem)),
+    Setting("indicator_every", 40, "steps of a task between indicator evaluations", int,
+            check=Integer(1)),
+    Setting("indicator_examples", 256, "probe batch of the indicators: the first N training "
+            "examples of the task", int, check=Integer(1)),
+    Setting("dormant_tau", 0.0, "a unit is dormant when its normalized activity <= tau", float,
+            check=Number(0.0)),
+)
 
 _TINY = 1e-30
 
@@ -265,7 +304,7 @@ SIGNALS = NAMES[12:]  # the noise-curvature signals of method.md section 3 (sign
 class Options(NamedTuple):
   """How the indicators are computed (all static: they fix shapes and loops)."""
 
-  tau: float = 0.0                # dormant: s_i <= tau (0: units silent on the whole batch)
+  tau: float = by_name(SETTINGS)["dormant_tau"].default  # dormant: s_i <= tau
   delta: float = 0.01             # srank keeps a 1 - delta share of the singular values
   top_k: int = 5                  # top_eigenvalues: how many
   lanczos_steps: int = 20         # top_eigenvalues: Lanczos steps (HVPs)

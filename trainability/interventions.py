@@ -45,7 +45,12 @@ import jax.numpy as jnp
 
 from trainability import models, optim
 from trainability.components import Component
-from trainability.config import PERTURB_NOISES
+from trainability.settings import Integer, Number, Setting
+
+RESETS = ("none", "model", "optimizer", "both")
+SHRINK_PERTURB = ("none", "step", "task")
+PERTURB_NOISES = ("gaussian", "init")
+UNIT_RESETS = ("none", "cbp", "redo")
 
 
 def shrink_perturb(params, key, shrink, perturb, noise: str = "gaussian", init_fn=None):
@@ -259,7 +264,7 @@ def reset_component(what: str, model: models.Model) -> Component:
   both ("both") at the start of every task after the first. The model's new
   init uses the run's init key folded with the task index."""
   if what not in ("model", "optimizer", "both"):
-    raise ValueError(f"reset: {what!r} is not accepted; choose one of model, optimizer, both")
+    raise ValueError(f"reset: {what!r} is not accepted; choose one of {', '.join(RESETS[1:])}")
 
   def task_start(boundary, state, hp):
     del hp
@@ -291,7 +296,8 @@ def shrink_perturb_component(when: str, shrink: float, perturb: float,
 
     return Component("shrink_perturb", hparams=hparams, after_update=after_update)
   if when != "task":
-    raise ValueError(f"shrink_perturb: {when!r} is not accepted; choose one of step, task")
+    raise ValueError(f"shrink_perturb: {when!r} is not accepted; choose one of "
+                     f"{', '.join(SHRINK_PERTURB[1:])}")
 
   def task_start(boundary, state, hp):
     params = _select(boundary.task.index > 0, apply(boundary.params, boundary.key, hp),
@@ -355,6 +361,35 @@ def unit_reset_component(kind: str, model: models.Model, optimizer: str, *,
                  "utility_decay": utility_decay},
         task_start=task_start, after_update=after_update, element_counts=True)
   if kind != "redo":
-    raise ValueError(f"unit_reset: {kind!r} is not accepted; choose one of cbp, redo")
+    raise ValueError(f"unit_reset: {kind!r} is not accepted; choose one of "
+                     f"{', '.join(UNIT_RESETS[1:])}")
   return Component("unit_reset", hparams={"redo_tau": redo_tau}, after_update=after_update,
                    element_counts=True)
+
+
+SETTINGS = (
+    Setting("reset", "none", "what to re-initialize at each task boundary", str, RESETS),
+    Setting("shrink_perturb", "none", "shrink & perturb theta <- (1 - shrink) theta + perturb "
+            "eps: every step, at each task boundary, or none", str, SHRINK_PERTURB),
+    Setting("shrink", 1e-4, "shrink_perturb: shrink, in [0, 1]", float, check=Number(0.0, 1.0),
+            acts_with=("shrink_perturb", SHRINK_PERTURB[1:]), traced=True),
+    Setting("perturb", 1e-4, "shrink_perturb: perturb, the noise scale", float,
+            check=Number(0.0), acts_with=("shrink_perturb", SHRINK_PERTURB[1:]), traced=True),
+    Setting("perturb_noise", "gaussian", "shrink_perturb: eps is standard normal, or a fresh "
+            "init (Ash & Adams)", str, PERTURB_NOISES,
+            acts_with=("shrink_perturb", SHRINK_PERTURB[1:])),
+    Setting("unit_reset", "none", "re-initialize hidden units: cbp (continual backprop, every "
+            "step) or redo (dormant units, every redo_every steps)", str, UNIT_RESETS),
+    Setting("replacement_rate", 1e-4, "cbp: units replaced per eligible unit and step", float,
+            check=Number(0.0, 1.0), acts_with=("unit_reset", ("cbp",)), traced=True),
+    Setting("maturity", 100, "cbp: steps before a unit may be replaced", int,
+            check=Integer(0), acts_with=("unit_reset", ("cbp",)), traced=True),
+    Setting("utility_decay", 0.99, "cbp: decay of the running contribution utility", float,
+            check=Number(0.0, 1.0, high_open=True), acts_with=("unit_reset", ("cbp",)),
+            traced=True),
+    Setting("redo_every", 1000, "redo: steps of a task between resets of dormant units", int,
+            check=Integer(1), acts_with=("unit_reset", ("redo",))),
+    Setting("redo_tau", 0.1, "redo: a unit is dormant when its mean |activation| / the layer's "
+            "mean <= tau", float, check=Number(0.0), acts_with=("unit_reset", ("redo",)),
+            traced=True),
+)

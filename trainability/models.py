@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trainability.settings import Integer, Number, Predicate, Setting
+
 Params = Any
 
 
@@ -86,7 +88,7 @@ def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) ->
   if init == "lecun":
     return 1.0
   if init != "kaiming":
-    raise ValueError(f"init: {init!r} is not accepted; choose one of kaiming, lecun")
+    raise ValueError(f"init: {init!r} is not accepted; choose one of {', '.join(INITS)}")
   return {
       "leaky_relu": 2.0 / (1.0 + leaky_slope**2),
       "tanh": 25.0 / 9.0,
@@ -203,7 +205,7 @@ def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
     module = Network(widths=(config.width,), channels=tuple(config.channels), **common)
     hidden = [f"conv_{i}" for i in range(len(config.channels))] + ["hidden_0"]
   else:
-    raise ValueError(f"model: {config.model!r} is not accepted; choose one of mlp, cnn")
+    raise ValueError(f"model: {config.model!r} is not accepted; choose one of {', '.join(MODELS)}")
   model = from_module(module, input_shape)
 
   def captured(params, state, x):
@@ -249,3 +251,30 @@ def from_module(module: nn.Module, input_shape: Sequence[int]) -> Model:
     return module.apply(variables, x, train=train), state
 
   return Model(init, apply)
+
+
+MODELS = ("mlp", "cnn")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus",
+               "fourier")
+NORMS = ("none", "layernorm", "batchnorm")
+INITS = ("kaiming", "lecun")
+
+
+def _channels_problem(value):
+  if not value or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in value):
+    return "give positive integers, e.g. 16,32"
+  return None
+
+
+SETTINGS = (
+    Setting("model", "mlp", "model family", str, MODELS),
+    Setting("width", 256, "hidden units per layer (mlp) / of the dense layer (cnn)", int,
+            check=Integer(1)),
+    Setting("depth", 2, "number of hidden layers (mlp)", int, check=Integer(0)),
+    Setting("channels", (16, 32), "cnn: channels of each 3x3 conv layer, comma separated",
+            tuple, check=Predicate(_channels_problem)),
+    Setting("activation", "relu", "hidden activation", str, ACTIVATIONS),
+    Setting("leaky_slope", 0.01, "leaky_relu: negative slope", float, check=Number(0.0, 1.0)),
+    Setting("norm", "none", "normalization layer after each hidden layer", str, NORMS),
+    Setting("init", "kaiming", "weight init of hidden layers (output layer: lecun)", str, INITS),
+)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trainability.config import ConfigError
+from trainability.settings import ConfigError, Number, Setting
 from trainability.signals import INJECTED_STATES, find_state
 
 
@@ -157,3 +157,17 @@ def _lookup(name):
   if name not in OPTIMIZERS:
     raise ConfigError(f"optimizer: {name!r} is not accepted; choose one of {', '.join(OPTIMIZERS)}")
   return OPTIMIZERS[name]
+
+
+SETTINGS = (
+    Setting("optimizer", "adam", "optimizer", str, tuple(OPTIMIZERS)),
+    Setting("lr", 1e-3, "base learning rate", float, check=Number(0.0, low_open=True)),
+    Setting("momentum", 0.9, "sgd: momentum (0 for plain sgd)", float,
+            check=Number(0.0, 1.0, high_open=True)),
+    Setting("b1", 0.9, "adam/adamw: beta1", float, check=Number(0.0, 1.0, high_open=True)),
+    Setting("b2", 0.999, "adam/adamw: beta2", float, check=Number(0.0, 1.0, high_open=True)),
+    Setting("eps", 1e-8, "adam/adamw: epsilon", float, check=Number(0.0, low_open=True)),
+    Setting("weight_decay", 1e-4, "adamw: decoupled weight decay", float, check=Number(0.0)),
+    Setting("l2", 0.0, "coupled L2: l2 * params added to the gradient (torch weight_decay; "
+            "paper 1e-3)", float, check=Number(0.0)),
+)

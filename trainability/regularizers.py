@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from trainability.components import Component
-from trainability.config import REGULARIZERS
+from trainability.settings import Number, Setting
+
+REGULARIZERS = ("none", "l2_init", "wasserstein", "spectral", "orthogonal")
 
 
 def _kernels(params):
@@ -101,6 +103,15 @@ def as_component(kind: str, coefficient: float) -> Component:
   """The regularizer `kind` as a run component: its anchor (the initial
   parameters) is its state, and `reg_coef` (traced) weights its penalty."""
   penalty = penalty_fn(kind)
-  return Component("regularizer", init=lambda params, model_state, key: prepare_anchor(kind, params),
+  anchor = lambda params, model_state, key: prepare_anchor(kind, params)
+  return Component("regularizer", init=anchor,
                    hparams={"reg_coef": coefficient},
                    penalty=lambda params, anchor, hp: penalty(params, anchor), weight="reg_coef")
+
+
+SETTINGS = (
+    Setting("regularizer", "none", "penalty added to the loss (to the initial params for "
+            "l2_init, wasserstein)", str, REGULARIZERS),
+    Setting("reg_coef", 1e-3, "regularizer: its coefficient", float, check=Number(0.0),
+            acts_with=("regularizer", REGULARIZERS[1:]), traced=True),
+)

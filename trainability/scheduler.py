@@ -81,6 +81,7 @@ import optax
 
 from trainability import estimators
 from trainability.components import Component
+from trainability.settings import Integer, Number, Setting
 # The signals the scheduler decides on (re-exported: the names of earlier versions).
 from trainability.signals import (  # noqa: F401
     CURVATURES, DEFAULTS, EFFECTIVE_STEPS, MODE_DEFAULTS, MODE_SETTINGS, REFERENCE_PARAMS,
@@ -88,6 +89,26 @@ from trainability.signals import (  # noqa: F401
     Thresholds, adam_effective_step, combined_threshold, curvature_signal, find_state,
     generic_effective_step, global_adam_normaliser, init_signals, layer_step, normaliser_of,
     observe, reference_term, window_statistics)
+
+SCHEDULERS = ("none", "noise_curvature")
+# The rule's settings (the signals' are signals.SETTINGS).
+SETTINGS = (
+    Setting("scheduler", "none", "per-layer step-size scheduler wrapped around the optimizer",
+            str, SCHEDULERS),
+    Setting("check_every", 40, "noise_curvature: K, steps of a task between checks", int,
+            check=Integer(1)),
+    Setting("safety", 0.8, "noise_curvature: gamma; cool when step > gamma * threshold", float,
+            check=Number(0.0, low_open=True)),
+    Setting("cool", 0.99, "noise_curvature: factor applied when cooling, in (0, 1]", float,
+            check=Number(0.0, 1.0, low_open=True)),
+    Setting("warm", 1.01, "noise_curvature: factor applied when warming, >= 1", float,
+            check=Number(1.0)),
+    Setting("warm_fraction", 0.3, "noise_curvature: warming allowed in this first fraction of "
+            "a task, in [0, 1]", float, check=Number(0.0, 1.0)),
+    Setting("floor", 0.0, "noise_curvature: cool only when the step exceeds this (Algorithm 1 "
+            "as published and the reference code: 0.12)", float, check=Number(0.0)),
+)
+RULE = {s.name: s.default for s in SETTINGS}
 
 # Arguments that fix shapes, loop lengths or code paths; with
 # optax.inject_hyperparams pass static_args=STATIC_ARGS (the float
@@ -112,18 +133,18 @@ def noise_curvature_scheduler(
     inner: optax.GradientTransformation,
     *,
     threshold: str = DEFAULTS.threshold,
-    check_every: int = 40,
+    check_every: int = RULE["check_every"],
     window: int = DEFAULTS.window,
-    safety: float = 0.8,
-    cool: float = 0.99,
-    warm: float = 1.01,
+    safety: float = RULE["safety"],
+    cool: float = RULE["cool"],
+    warm: float = RULE["warm"],
     beta: float | None = DEFAULTS.beta,
     delta: float | None = DEFAULTS.delta,
     reference_param: str | None = DEFAULTS.reference_param,
     kappa: float = DEFAULTS.kappa,
-    warm_fraction: float = 0.3,
+    warm_fraction: float = RULE["warm_fraction"],
     steps_per_task: int | None = None,
-    floor: float = 0.0,
+    floor: float = RULE["floor"],
     curvature: str = DEFAULTS.curvature,
     curvature_steps: int = DEFAULTS.curvature_steps,
     curvature_tol: float = DEFAULTS.curvature_tol,
@@ -266,7 +287,7 @@ def multiplier_of(opt_state):
   return None if state is None else state.multiplier
 
 
-def as_component(check_every: int = 40, **settings) -> Component:
+def as_component(check_every: int = RULE["check_every"], **settings) -> Component:
   """The scheduler as a run component: it wraps the run's optimizer
   (`noise_curvature_scheduler(tx, check_every=check_every, **settings)`) and
   records its last check (a `Check`) after each check step of a task."""
@@ -300,6 +321,7 @@ def decide(alpha, alpha_tilde, safety, floor, in_warm_window, ready=True) -> Dec
 
 
 __all__ = [
-    "STATIC_ARGS", "NoiseCurvatureState", "noise_curvature_scheduler", "state_of",
+    "SCHEDULERS", "SETTINGS", "STATIC_ARGS", "NoiseCurvatureState", "noise_curvature_scheduler",
+    "state_of",
     "multiplier_of", "as_component", "Decision", "decide",
 ]

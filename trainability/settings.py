@@ -11,7 +11,7 @@ can declare its settings without importing anything heavy.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 
 class ConfigError(ValueError):
@@ -49,12 +49,18 @@ class Number(NamedTuple):
             f"{self.high:g}{')' if self.high_open else ']'}")
 
 
+class Predicate(NamedTuple):
+  """A check by a function: problem(value) -> what is accepted (a phrase), or None if ok."""
+
+  problem: Callable[[Any], str | None]
+
+
 class Setting(NamedTuple):
   """One setting of a module.
 
   kind: its Python type (int, float, str, bool, tuple or an Optional one,
   for the CLI). choices: the accepted values of a closed set. check: an
-  `Integer` or `Number` (or anything with `problem(value) -> str | None`).
+  `Integer`, a `Number` or a `Predicate`.
   acts_with: (switch setting, values) for a setting that acts only when
   another selects it: given without it, it is refused, not ignored.
   traced: a run hyperparameter passed as a traced array (a sweep over it

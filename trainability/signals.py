@@ -25,6 +25,7 @@ import optax
 
 from trainability import estimators
 from trainability.estimators import UNBOUNDED, safe_ratio
+from trainability.settings import Integer, Number, Setting, by_name
 
 # The allowed values of the signals' settings; config.py, the scheduler and
 # the indicators take them from here.
@@ -36,41 +37,69 @@ CURVATURES = ("lanczos", "power")
 VARIANCES = ("auto", "windowed", "instantaneous")
 EFFECTIVE_STEPS = ("auto", "adam", "adam_elementwise", "sgd", "generic")
 
+SETTINGS = (
+    Setting("threshold", "reference", "noise_curvature: the threshold's form: paper (Eq. 2-3), "
+            "reference (the reference code's --param) or stability (docs/thresholds.md)", str,
+            THRESHOLDS),  # chosen from experiments/README.md (issue 10)
+    Setting("beta", 1.0, "threshold paper: weight of the volatility term in the threshold",
+            float, check=Number(0.0), acts_with=("threshold", ("paper",))),
+    Setting("delta", 0.1, "threshold stability: Cantelli tail probability of the volatility "
+            "margin, in (0, 1)", float, check=Number(0.0, 1.0, low_open=True, high_open=True),
+            acts_with=("threshold", ("stability",))),
+    Setting("reference_param", "sqm10", "threshold reference: the reference code's --param", str,
+            REFERENCE_PARAMS, acts_with=("threshold", ("reference",))),
+    Setting("kappa", 1.0, "noise_curvature: alpha_vol = 1 / (kappa * Vol)", float,
+            check=Number(0.0, low_open=True)),
+    Setting("window", 30, "noise_curvature: W, checks in the curvature window", int,
+            check=Integer(1)),
+    Setting("variance", "auto", "noise_curvature: window variance (paper), newest deviation "
+            "(reference), or auto (instantaneous with threshold reference, else windowed)", str,
+            VARIANCES),
+    Setting("curvature", "lanczos", "noise_curvature: top Hessian-block eigenvalue by "
+            "warm-started lanczos or power iteration", str, CURVATURES),
+    Setting("curvature_steps", 8, "noise_curvature: HVPs per layer and check (lanczos: at "
+            "most)", int, check=Integer(1)),  # 1.5x plain Adam at K = 40 (benchmarks)
+    Setting("curvature_tol", 0.01, "noise_curvature: lanczos stops at this relative residual "
+            "(0: always curvature_steps)", float, check=Number(0.0, 1.0, high_open=True),
+            acts_with=("curvature", ("lanczos",))),
+    Setting("effective_step", "auto", "noise_curvature: how a layer's step is measured (auto: "
+            "adam if Adam, else generic)", str, EFFECTIVE_STEPS),
+)
+_SETTING = by_name(SETTINGS)
+# The settings that act in one threshold mode only (None until set), and their defaults there.
+MODE_SETTINGS = {s.name: s.acts_with[1][0] for s in SETTINGS
+                 if s.acts_with and s.acts_with[0] == "threshold"}
+MODE_DEFAULTS = {name: _SETTING[name].default for name in MODE_SETTINGS}
+_DEFAULT = {s.name: None if s.name in MODE_SETTINGS else s.default for s in SETTINGS}
+
+
 class SignalSettings(NamedTuple):
-  """How the noise-curvature signals are measured and combined: one place, one default each.
+  """How the noise-curvature signals are measured and combined (`SETTINGS`).
 
   The scheduler, the CLI's Config and the indicators all take their defaults
-  from `SignalSettings()`. Mode-specific settings are None until set: beta
-  acts with threshold "paper" (default 1), delta with "stability" (default
-  0.1), reference_param with "reference" (default "sqm10").
+  from here. Mode-specific settings are None until set: beta acts with
+  threshold "paper", delta with "stability", reference_param with "reference";
+  `resolved()` fills in their defaults (MODE_DEFAULTS).
   """
 
-  threshold: str = "reference"                  # chosen from experiments/README.md (issue 10)
-  beta: float | None = None
-  delta: float | None = None
-  reference_param: str | None = None
-  kappa: float = 1.0
-  window: int = 30
-  variance: str = "auto"
-  curvature: str = "lanczos"
-  curvature_steps: int = 8                      # 1.5x plain Adam at K = 40 (benchmarks)
-  curvature_tol: float = 0.01                   # lanczos only (DEFAULT_CURVATURE_TOL)
-  effective_step: str = "auto"
+  threshold: str = _DEFAULT["threshold"]
+  beta: float | None = _DEFAULT["beta"]
+  delta: float | None = _DEFAULT["delta"]
+  reference_param: str | None = _DEFAULT["reference_param"]
+  kappa: float = _DEFAULT["kappa"]
+  window: int = _DEFAULT["window"]
+  variance: str = _DEFAULT["variance"]
+  curvature: str = _DEFAULT["curvature"]
+  curvature_steps: int = _DEFAULT["curvature_steps"]
+  curvature_tol: float = _DEFAULT["curvature_tol"]
+  effective_step: str = _DEFAULT["effective_step"]
 
   def resolved(self) -> "SignalSettings":
     """Checked, with each mode's own defaults filled in; a one-line ValueError if not valid."""
-    for name, allowed in (("threshold", THRESHOLDS), ("curvature", CURVATURES),
-                          ("variance", VARIANCES), ("effective_step", EFFECTIVE_STEPS)):
-      if getattr(self, name) not in allowed:
-        raise ValueError(f"{name}: {getattr(self, name)!r} is not accepted; choose one of "
-                         f"{', '.join(allowed)}")
-    for name in ("window", "curvature_steps"):
+    for name in self._fields:
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {value!r} is not accepted; give an integer >= 1")
-    if not isinstance(self.curvature_tol, (int, float)) or not 0 <= self.curvature_tol < 1:
-      raise ValueError(f"curvature_tol: {self.curvature_tol!r} is not accepted; give a number "
-                       "in [0, 1)")
+      if not (name in MODE_SETTINGS and value is None) and not _traced(value):
+        _SETTING[name].validate(value)
     for name, mode in MODE_SETTINGS.items():
       if getattr(self, name) is not None and self.threshold != mode:
         raise ValueError(f"{name}: has no effect with threshold {self.threshold!r}; it acts "
@@ -78,17 +107,6 @@ class SignalSettings(NamedTuple):
     if self.curvature == "power" and self.curvature_tol != DEFAULT_CURVATURE_TOL:
       raise ValueError("curvature_tol: has no effect with curvature 'power'; it acts only "
                        "with curvature lanczos")
-    for name, low, low_open, high in (("beta", 0.0, False, None), ("delta", 0.0, True, 1.0),
-                                      ("kappa", 0.0, True, None)):
-      value = getattr(self, name)
-      if isinstance(value, (int, float)):  # concrete (an injected value is traced: unchecked)
-        ok = (value > low if low_open else value >= low) and (high is None or value < high)
-        if not ok:
-          bounds = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g})'}"
-          raise ValueError(f"{name}: {value!r} is not accepted; give a number in {bounds}")
-    if self.reference_param is not None and self.reference_param not in REFERENCE_PARAMS:
-      raise ValueError(f"reference_param: {self.reference_param!r} is not accepted; choose "
-                       f"one of {', '.join(REFERENCE_PARAMS)}")
     filled = {name: MODE_DEFAULTS[name] for name, mode in MODE_SETTINGS.items()
               if mode == self.threshold and getattr(self, name) is None}
     if self.variance == "auto":
@@ -96,11 +114,12 @@ class SignalSettings(NamedTuple):
     return self._replace(**filled)
 
 
-DEFAULT_CURVATURE_TOL = SignalSettings._field_defaults["curvature_tol"]
+def _traced(value) -> bool:
+  """An injected (traced or array) value: checked by the caller, not here."""
+  return isinstance(value, jax.Array) or hasattr(value, "aval")
 
-# The settings that act in one threshold mode only, and their defaults there.
-MODE_SETTINGS = {"beta": "paper", "delta": "stability", "reference_param": "reference"}
-MODE_DEFAULTS = {"beta": 1.0, "delta": 0.1, "reference_param": "sqm10"}
+
+DEFAULT_CURVATURE_TOL = _SETTING["curvature_tol"].default
 DEFAULTS = SignalSettings()
 
 
@@ -427,9 +446,10 @@ def combined_threshold(noise: estimators.GradientNoise, stats: WindowStatistics,
 
 __all__ = [
     "THRESHOLDS", "REFERENCE_PARAMS", "CURVATURES", "VARIANCES", "EFFECTIVE_STEPS",
-    "SignalSettings", "DEFAULTS", "MODE_SETTINGS", "MODE_DEFAULTS", "Check", "Signals",
+    "SETTINGS", "SignalSettings", "DEFAULTS", "MODE_SETTINGS", "MODE_DEFAULTS", "Check", "Signals",
     "init_signals", "observe", "curvature_signal", "normaliser_of", "layer_step",
     "global_adam_normaliser", "adam_effective_step", "generic_effective_step",
-    "find_state", "INJECTED_STATES", "WindowStatistics", "window_statistics", "Thresholds", "reference_term",
+    "find_state", "INJECTED_STATES", "WindowStatistics", "window_statistics", "Thresholds",
+    "reference_term",
     "combined_threshold", "UNBOUNDED",
 ]

@@ -22,6 +22,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from trainability.settings import Integer, Number, Setting
+
 
 class Task(NamedTuple):
   """One task, as arrays (all of static shape).
@@ -104,8 +106,7 @@ def make_stream(
     return TaskStream(task, False, True, True)
 
   raise ValueError(
-      f"stream: {name!r} is not accepted; choose one of random_labels, "
-      "permuted_inputs, shuffled_labels, class_incremental"
+      f"stream: {name!r} is not accepted; choose one of {', '.join(STREAMS)}"
   )
 
 
@@ -114,3 +115,14 @@ def apply_pixel_permutation(x: jax.Array, permutation: jax.Array) -> jax.Array:
   *lead, h, w, c = x.shape
   flat = x.reshape(*lead, h * w, c)
   return jnp.take(flat, permutation, axis=-2).reshape(*lead, h, w, c)
+
+
+STREAMS = ("random_labels", "permuted_inputs", "shuffled_labels", "class_incremental")
+
+SETTINGS = (
+    Setting("stream", "random_labels", "task stream", str, STREAMS),
+    Setting("ns", 1.0, "random_labels: fraction of training labels redrawn per task, in (0, 1]",
+            float, check=Number(0.0, 1.0, low_open=True)),
+    Setting("classes_per_task", 2, "class_incremental: classes added per task", int,
+            check=Integer(1)),
+)

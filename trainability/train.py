@@ -28,7 +28,7 @@ epoch are skipped (parameters untouched, not counted).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +39,29 @@ from trainability import components as comp
 from trainability import data as data_lib
 from trainability import estimators, indicators, interventions, models, optim, regularizers
 from trainability import scheduler, tasks
-from trainability.config import TRACED_FIELDS, Config, ConfigError
-from trainability.config import indicator_names
+from trainability.indicators import indicator_names
+from trainability.settings import ConfigError, Integer, Setting
+
+if TYPE_CHECKING:
+  from trainability.config import Config
 
 EVAL_CHUNK = 1024  # examples per forward pass when measuring whole-split accuracy.
+
+
+# The run's own settings (the loop's; the modules own theirs).
+SETTINGS = (
+    Setting("tasks", 20, "number of tasks", int, check=Integer(1)),
+    Setting("epochs", 100, "epochs per task", int, check=Integer(1)),
+    Setting("batch_size", 50, "minibatch size", int, check=Integer(1)),
+    Setting("heldout", False, "also report held-out accuracy on the test split at each task's "
+            "end", bool),
+)
+RUN_SETTINGS = (
+    Setting("seeds", 4, "number of seeds, run in parallel with vmap", int, check=Integer(1)),
+    Setting("seed", 0, "first seed; seeds are seed, seed+1, ...", int, check=Integer(0)),
+    Setting("chunk_tasks", 1, "tasks per compiled chunk; results are written after every chunk",
+            int, check=Integer(1)),
+)
 
 
 class RunState(NamedTuple):
@@ -156,6 +175,8 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
     for wrap in wrappers:
       tx = wrap(tx)
     return optax.with_extra_args_support(tx)
+
+  from trainability.config import TRACED_FIELDS  # config composes this module's settings
 
   def init(key, hparams=None) -> RunState:
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
