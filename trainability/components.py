@@ -105,6 +105,12 @@ class Component(NamedTuple):
   element_counts: bool = False
 
 
+def select(pred, on_true, on_false):
+  """on_true where `pred` (a scalar), else on_false, leaf by leaf: a switch that a
+  hook can apply under vmap, e.g. `select(boundary.task.index > 0, fresh, old)`."""
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
 def check_components(components) -> tuple[Component, ...]:
   """The components as a tuple; one-line errors for clashing names or a bad schedule."""
   components = tuple(components)

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from trainability import models, optim
-from trainability.components import Component
-from trainability.settings import Integer, Number, Setting
+from trainability.components import Component, select
+from trainability.settings import ConfigError, Integer, Number, Setting
 
 RESETS = ("none", "model", "optimizer", "both")
 SHRINK_PERTURB = ("none", "step", "task")
@@ -255,10 +255,6 @@ def reset_base_optimizer_state(optimizer: str, opt_state, params, touched):
   return optim.map_base_state(opt_state, reset)
 
 
-def _select(pred, on_true, on_false):
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def reset_component(what: str, model: models.Model) -> Component:
   """Re-initialize the model ("model"), the optimizer state ("optimizer") or
   both ("both") at the start of every task after the first. The model's new
@@ -273,11 +269,11 @@ def reset_component(what: str, model: models.Model) -> Component:
     if what in ("model", "both"):
       fresh_params, fresh_state = model.init(jax.random.fold_in(boundary.init_key,
                                                                 boundary.task.index))
-      params = _select(later, fresh_params, params)
-      model_state = _select(later, fresh_state, model_state)
+      params = select(later, fresh_params, params)
+      model_state = select(later, fresh_state, model_state)
     opt_state = boundary.opt_state
     if what in ("optimizer", "both"):
-      opt_state = _select(later, boundary.init_optimizer(params), opt_state)
+      opt_state = select(later, boundary.init_optimizer(params), opt_state)
     return boundary._replace(params=params, model_state=model_state, opt_state=opt_state), state
 
   return Component("reset", task_start=task_start)
@@ -300,7 +296,7 @@ def shrink_perturb_component(when: str, shrink: float, perturb: float,
                      f"{', '.join(SHRINK_PERTURB[1:])}")
 
   def task_start(boundary, state, hp):
-    params = _select(boundary.task.index > 0, apply(boundary.params, boundary.key, hp),
+    params = select(boundary.task.index > 0, apply(boundary.params, boundary.key, hp),
                      boundary.params)
     return boundary._replace(params=params), state
 
@@ -322,7 +318,7 @@ def unit_reset_component(kind: str, model: models.Model, optimizer: str, *,
   each task (when the whole network is re-initialized there).
   """
   if not model.hidden:
-    raise ValueError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
+    raise ConfigError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
 
   def replaced(step, state, hp):
     def activity():
@@ -352,7 +348,7 @@ def unit_reset_component(kind: str, model: models.Model, optimizer: str, *,
     def task_start(boundary, state, hp):
       del hp
       if restart_each_task:
-        state = _select(boundary.task.index > 0, init_unit_state(model, boundary.params), state)
+        state = select(boundary.task.index > 0, init_unit_state(model, boundary.params), state)
       return boundary, state
 
     return Component(

@@ -274,7 +274,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
       record = (loss, hit_rate, jnp.float32(1.0))
       if stream.masks_examples:
         valid = j < valid_steps
-        new = _select(valid, new, carry)
+        new = comp.select(valid, new, carry)
         record = (valid * loss, valid * hit_rate, valid.astype(jnp.float32))
       # Records see the state the run holds after the step.
       after = after._replace(params=new[0], model_state=new[1], opt_state=new[2])
@@ -328,8 +328,6 @@ def components_of(config: Config, model: models.Model, example_loss, image_shape
           f"{field}: {getattr(config, field)} is more than the {steps_per_task} steps of a "
           f"task (epochs x (examples // batch_size)), so {never}; give {field} <= "
           f"{steps_per_task} or more epochs")
-  if config.unit_reset != "none" and not model.hidden:
-    raise ConfigError("unit_reset: needs hidden units; give depth >= 1 (mlp) or model cnn")
   out, suite = [], None
   if config.reset != "none":
     out.append(interventions.reset_component(config.reset, model))
@@ -345,15 +343,9 @@ def components_of(config: Config, model: models.Model, example_loss, image_shape
         redo_every=config.redo_every, redo_tau=config.redo_tau,
         restart_each_task=config.reset in ("model", "both")))
   if scheduled:
-    signals = config.signal_settings()
-    out.append(scheduler.as_component(
-        check_every=config.check_every, threshold=signals.threshold, window=signals.window,
-        safety=config.safety, cool=config.cool, warm=config.warm, beta=signals.beta,
-        delta=signals.delta, reference_param=signals.reference_param, kappa=signals.kappa,
-        warm_fraction=config.warm_fraction, steps_per_task=steps_per_task, floor=config.floor,
-        curvature=signals.curvature, curvature_steps=signals.curvature_steps,
-        curvature_tol=signals.curvature_tol, variance=signals.variance,
-        effective_step=signals.effective_step))
+    rule = {name: getattr(config, name) for name in scheduler.RULE if name != "scheduler"}
+    out.append(scheduler.as_component(**rule, **config.signal_settings()._asdict(),
+                                      steps_per_task=steps_per_task))
   if recorded:
     probe_size = min(config.indicator_examples, n)
     suite = indicators.make_suite(
@@ -374,10 +366,6 @@ def _data_noise_fn(noise_fn, example_loss, batch, data_grads):
     return estimators.gradient_noise(example_loss, params, batch, estimators.layers_of(params),
                                      mean_grads=data_grads)
   return noise
-
-
-def _select(pred, on_true, on_false):
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def seed_keys(config: Config) -> jax.Array:
