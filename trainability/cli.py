@@ -22,7 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from trainability import data as data_lib
-from trainability import devices, report, results
+from trainability import checkpoints as checkpoints_lib
+from trainability import devices, report, results, runs
 from trainability.config import Config, ConfigError
 from trainability.data import DataError
 from trainability.train import make_trainer, seed_keys
@@ -54,14 +55,17 @@ def _parse_int_tuple(text: str):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser):
+  """One flag per Config field. A flag not given leaves no attribute (SUPPRESS), so
+  `given_config_fields` tells the fields a user set from those left at their defaults."""
   hints = typing.get_type_hints(Config)
   for f in dataclasses.fields(Config):
     flag = "--" + f.name.replace("_", "-")
-    help_text = f.metadata["help"]  # the formatter adds "(default: ...)"
+    default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    help_text = f"{f.metadata['help']} (default: {default})"
     hint = hints[f.name]
     if hint is bool:
       parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                          default=f.default, help=f.metadata["help"])
+                          default=argparse.SUPPRESS, help=help_text)
       continue
     if f.name == "subset":
       kind = _parse_optional_int
@@ -71,9 +75,15 @@ def _add_config_flags(parser: argparse.ArgumentParser):
       kind = hint
     else:
       kind = str
-    parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
+    parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
                         choices=f.metadata.get("choices"), help=help_text,
                         metavar=None if f.metadata.get("choices") else f.name.upper())
+
+
+def given_config_fields(args) -> dict:
+  """The Config fields set on the command line, {name: value}."""
+  names = {f.name for f in dataclasses.fields(Config)}
+  return {k: v for k, v in vars(args).items() if k in names}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
   )
   commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
   run = commands.add_parser(
-      "run", help="train on a task stream; writes results.csv, config.json and a plot",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
+      "run", help="train on a task stream; writes results.csv, config.json and a plot")
   _add_config_flags(run)
   run.add_argument("--out", default=None,
                    help="output directory (default: runs/<time>-<dataset>-<stream>); "
                    "must not already hold results")
+  run.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint (a run "
+                   "started with --checkpoint-every); its config.json gives every setting")
   run.add_argument("--no-progress", action="store_true", help="no progress bar")
   plot = commands.add_parser("plot", help="redraw the plot of a finished or interrupted run")
   plot.add_argument("run_dir", help="directory written by `trainability run`")
@@ -163,67 +174,111 @@ def _title(config: Config) -> str:
   return title
 
 
-def _run(args) -> int:
-  names = {f.name for f in dataclasses.fields(Config)}
-  config = Config(**{k: v for k, v in vars(args).items() if k in names})
-  out = args.out or os.path.join(
-      "runs",
-      f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{config.dataset}-{config.stream}",
-  )
-  results_path = os.path.join(out, results.RESULTS_FILE)
-  if os.path.exists(results_path):
-    raise ConfigError(f"out: {out} already holds {results.RESULTS_FILE}; choose another --out")
+def _run_target(args) -> tuple[Config, str, bool]:
+  """(config, output directory, resuming) of `trainability run`."""
+  given = given_config_fields(args)
+  if args.resume is None:
+    config = Config(**given)
+    out = args.out or os.path.join(
+        "runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{config.dataset}-{config.stream}")
+    if os.path.exists(os.path.join(out, results.RESULTS_FILE)):
+      raise ConfigError(f"out: {out} already holds {results.RESULTS_FILE}; choose another --out")
+    return config, out, False
+  if given or args.out is not None:
+    flag = "--" + (sorted(given)[0].replace("_", "-") if given else "out")
+    raise ConfigError(f"resume: takes every setting from {args.resume}/{results.CONFIG_FILE}; "
+                      f"do not give {flag} with --resume")
+  config = _saved_config(args.resume)
+  if not config.checkpoint_every:
+    raise ConfigError(f"resume: {args.resume} was run without --checkpoint-every, so it has "
+                      "no checkpoints to resume from")
+  return config, args.resume, True
 
+
+def _saved_config(run_dir: str) -> Config:
+  path = os.path.join(run_dir, results.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ConfigError(f"run_dir: no {results.CONFIG_FILE} in {run_dir}")
+  with open(path) as f:
+    return Config.from_dict(json.load(f)["config"])
+
+
+def _run(args) -> int:
+  config, out, resuming = _run_target(args)
   devices.use_cpu_cores()  # before JAX's first computation: seeds spread over the cores.
 
   dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
   trainer = make_trainer(config, dataset)
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
-    json.dump({
-        "config": config.to_dict(),
-        "train_examples": int(len(dataset.y_train)),
-        "test_examples": int(len(dataset.y_test)),
-        "num_classes": dataset.num_classes,
-        "steps_per_epoch": trainer.steps_per_epoch,
-        "steps_per_task": trainer.steps_per_epoch * config.epochs,
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": len(jax.local_devices()),
-    }, f, indent=2)
+  if not resuming:
+    with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
+      json.dump({
+          "config": config.to_dict(),
+          "train_examples": int(len(dataset.y_train)),
+          "test_examples": int(len(dataset.y_test)),
+          "num_classes": dataset.num_classes,
+          "steps_per_epoch": trainer.steps_per_epoch,
+          "steps_per_task": trainer.steps_per_epoch * config.epochs,
+          "jax_version": jax.__version__,
+          "backend": jax.default_backend(),
+          "devices": len(jax.local_devices()),
+      }, f, indent=2)
 
   seeds = list(range(config.seed, config.seed + config.seeds))
+  keys = devices.shard_seeds(seed_keys(config))
   init = jax.jit(jax.vmap(trainer.init))
   run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
+  results_path = os.path.join(out, results.RESULTS_FILE)
   writer = results.ResultsWriter(results_path)
   checks_writer = results.ResultsWriter(os.path.join(out, results.CHECKS_FILE))
   indicators_writer = results.ResultsWriter(os.path.join(out, report.INDICATORS_FILE))
   plot_path = os.path.join(out, results.PLOT_FILE)
+  checkpoints = None
+  if config.checkpoint_every:
+    checkpoints = checkpoints_lib.Checkpoints(os.path.join(out, runs.CHECKPOINT_DIR),
+                                              keep=config.keep_checkpoints)
+  start = 0
+  if resuming:
+    if results.finished_tasks(results_path) == config.tasks:
+      print(f"trainability: {out} already holds all {config.tasks} tasks; nothing to resume")
+      return 0
+    start = checkpoints.latest() or 0
+    before = lambda row: int(row["task"]) < start
+    writer.resume(before)
+    checks_writer.resume(before)
+    indicators_writer.resume(before, report.read_indicator_rows)
   print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
-        f"{trainer.steps_per_epoch * config.epochs} steps per task; writing to {out}",
+        f"{trainer.steps_per_epoch * config.epochs} steps per task; "
+        + (f"resuming after task {start} in {out}" if resuming else f"writing to {out}"),
         file=sys.stderr)
+
+  def write(metrics, task_ids):
+    if metrics.checks is not None:
+      checks_writer.write(results.check_rows(metrics.checks, seeds, task_ids, trainer.layer_names))
+    if metrics.indicators is not None:
+      indicators_writer.write(report.indicator_rows(
+          metrics.indicators, trainer.indicator_labels, seeds, task_ids, config.indicator_every))
+    writer.write(results.metric_rows(metrics, seeds, task_ids, config.heldout))
+
   started = time.time()
   interrupted = False
   try:
-    state = init(devices.shard_seeds(seed_keys(config)))
-    with tqdm(total=config.tasks, unit="task", disable=args.no_progress,
+    state = init(keys)
+    if start:
+      state = devices.shard_seeds(checkpoints.restore(state))
+    with tqdm(total=config.tasks, initial=start, unit="task", disable=args.no_progress,
               file=sys.stderr, dynamic_ncols=True) as bar:
-      for start in range(0, config.tasks, config.chunk_tasks):
-        task_ids = np.arange(start, min(start + config.chunk_tasks, config.tasks))
-        state, metrics = run_chunk(state, task_ids)
-        if metrics.checks is not None:
-          checks_writer.write(
-              results.check_rows(metrics.checks, seeds, task_ids, trainer.layer_names))
-        if metrics.indicators is not None:
-          indicators_writer.write(report.indicator_rows(
-              metrics.indicators, trainer.indicator_labels, seeds, task_ids,
-              config.indicator_every))
-        writer.write(results.metric_rows(metrics, seeds, task_ids, config.heldout))
-        bar.update(len(task_ids))
+      def progress(metrics, count):
+        bar.update(count)
         bar.set_postfix(online_acc=f"{np.mean(np.asarray(metrics.online_accuracy)[:, -1]):.3f}")
+
+      runs.drive(run_chunk, state, config.tasks, config.chunk_tasks, write, start, checkpoints,
+                 config.checkpoint_every, progress)
   except KeyboardInterrupt:
     interrupted = True
   finally:
+    if checkpoints is not None:
+      checkpoints.close()
     # Whatever finished is on disk already; draw it even after a crash.
     results.plot_online_accuracy(writer.rows, plot_path, _title(config),
                                  1.0 / dataset.num_classes)

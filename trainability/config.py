@@ -54,6 +54,10 @@ class _Methods:
       unused = self.unused_because(name)
       if unused and getattr(self, name) != _BY_NAME[name].default:
         raise ConfigError(f"{name}: {unused}")
+    if self.checkpoint_every % self.chunk_tasks:
+      raise ConfigError(
+          f"checkpoint_every: {self.checkpoint_every} is not accepted; give 0 or a multiple "
+          f"of chunk_tasks ({self.chunk_tasks}), so that checkpoints fall between chunks")
     if self.model == "cnn" and self.dataset == "mnist1d":
       raise ConfigError(
           "model: 'cnn' needs an image data set; accepted with cnn: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -72,6 +72,14 @@ class ResultsWriter:
     self.path = path
     self.rows: list[dict] = []
 
+  def resume(self, keep: Callable[[dict], bool], read: Callable[[str], list[dict]] | None = None):
+    """Continues an existing file: keeps its rows for which keep(row as strings) holds.
+
+    read(path) parses the kept rows into `rows` (default `read_rows`).
+    """
+    if keep_rows(self.path, keep):
+      self.rows = (read or read_rows)(self.path)
+
   def write(self, rows: list[dict]):
     if not rows:
       return
@@ -84,6 +92,42 @@ class ResultsWriter:
       f.flush()
       os.fsync(f.fileno())
     self.rows.extend(rows)
+
+
+def _whole_lines(path: str) -> list[str]:
+  """The lines of a CSV with their line ends; a last line cut short by a kill is dropped."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return [line for line in f.readlines() if line.endswith("\n")]
+
+
+def finished_tasks(path: str) -> int:
+  """How many tasks a results CSV holds for every seed it names (cut lines ignored)."""
+  rows = list(csv.DictReader(_whole_lines(path)))
+  seeds = {r["seed"] for r in rows}
+  tasks = [{r["task"] for r in rows if r["seed"] == s} for s in seeds]
+  return len(set.intersection(*tasks)) if tasks else 0
+
+
+def keep_rows(path: str, keep: Callable[[dict], bool]) -> int:
+  """Rewrites a CSV keeping, byte for byte, the rows (as strings) for which keep(row) holds.
+
+  For resuming: the rows of tasks after the checkpoint are dropped and computed
+  again. The file is replaced atomically. Returns the rows kept.
+  """
+  lines = _whole_lines(path)
+  if not lines:
+    return 0
+  header = next(csv.reader([lines[0]]))
+  kept = [line for line in lines[1:] if keep(dict(zip(header, next(csv.reader([line])))))]
+  partial = path + ".partial"
+  with open(partial, "w", newline="") as f:
+    f.writelines(lines[:1] + kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(partial, path)
+  return len(kept)
 
 
 def read_rows(path: str) -> list[dict]:

@@ -61,6 +61,11 @@ RUN_SETTINGS = (
     Setting("seed", 0, "first seed; seeds are seed, seed+1, ...", int, check=Integer(0)),
     Setting("chunk_tasks", 1, "tasks per compiled chunk; results are written after every chunk",
             int, check=Integer(1)),
+    Setting("checkpoint_every", 0, "tasks between orbax checkpoints of the whole run state, a "
+            "multiple of chunk_tasks (0: no checkpoints); `--resume DIR` continues from the "
+            "newest", int, check=Integer(0)),
+    Setting("keep_checkpoints", 2, "how many of the newest checkpoints are kept", int,
+            check=Integer(1)),
 )
 
 
