@@ -24,6 +24,7 @@ from tqdm import tqdm
 from trainability import data as data_lib
 from trainability import checkpoints as checkpoints_lib
 from trainability import devices, report, results, runs
+from trainability import sweep as sweep_lib
 from trainability.config import Config, ConfigError
 from trainability.data import DataError
 from trainability.train import make_trainer, seed_keys
@@ -102,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR from its newest checkpoint (a run "
                    "started with --checkpoint-every); its config.json gives every setting")
   run.add_argument("--no-progress", action="store_true", help="no progress bar")
+  sweep = commands.add_parser(
+      "sweep", help="a grid of runs, as few compiled programs as its shapes allow; writes "
+      "sweep.csv, summary.csv and one figure per axis",
+      description="Settings given as flags form the base config; each --grid SETTING=V1,V2 "
+      "adds an axis. Points differing only in traced hyperparameters (lr, reg_coef, ...) run "
+      "vmapped in one program; others run one program per shape.")
+  _add_config_flags(sweep)
+  sweep.add_argument("--grid", action="append", default=[], metavar="SETTING=V1,V2",
+                     help="an axis of the grid; repeat for more axes")
+  sweep.add_argument("--grid-file", default=None,
+                     help="JSON or YAML file with `grid` ({setting: [values]}) and optionally "
+                     "`base` ({setting: value}); flags override its base")
+  sweep.add_argument("--out", default=None,
+                     help="output directory (default: runs/<time>-sweep); must not hold a sweep")
+  sweep.add_argument("--resume", default=None, metavar="SWEEP_DIR",
+                     help="continue the sweep in SWEEP_DIR (its sweep.json gives the grid)")
+  sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
   plot = commands.add_parser("plot", help="redraw the plot of a finished or interrupted run")
   plot.add_argument("run_dir", help="directory written by `trainability run`")
   predictors = commands.add_parser(
@@ -120,6 +138,8 @@ def main(argv=None) -> int:
       return _plot(args.run_dir)
     if args.command == "report":
       return _report(args.run_dirs, args.out)
+    if args.command == "sweep":
+      return _sweep(args)
     return _run(args)
   except (ConfigError, DataError) as e:
     print(f"trainability: error: {e}", file=sys.stderr)
@@ -172,6 +192,47 @@ def _title(config: Config) -> str:
   if config.scheduler != "none":
     title += f", {config.scheduler} (K={config.check_every}, beta={config.beta:g})"
   return title
+
+
+def _sweep(args) -> int:
+  given = given_config_fields(args)
+  if args.resume is not None:
+    extra = sorted(given) + (["grid"] if args.grid else []) + \
+        (["grid_file"] if args.grid_file else []) + (["out"] if args.out else [])
+    if extra:
+      raise ConfigError(f"resume: takes the grid and every setting from {args.resume}/"
+                        f"{sweep_lib.SWEEP_FILE}; do not give --{extra[0].replace('_', '-')}")
+    devices.use_cpu_cores()
+    grid, out = sweep_lib.load_grid(args.resume), args.resume
+  else:
+    base, axes = ({}, {}) if args.grid_file is None else sweep_lib.read_grid_file(args.grid_file)
+    for text in args.grid:
+      name, values = sweep_lib.parse_axis(text)
+      if name in axes:
+        raise ConfigError(f"grid: {name!r} is given twice")
+      axes[name] = values
+    grid = sweep_lib.make_grid(Config.from_dict({**base, **given}), axes)
+    out = args.out or os.path.join("runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-sweep")
+    devices.use_cpu_cores()
+  programs = sweep_lib.plan(grid)
+  print(f"trainability sweep: {len(sweep_lib.points(grid))} points x {grid.base.seeds} seeds "
+        f"in {len(programs)} program(s); writing to {out}", file=sys.stderr)
+  started = time.time()
+  try:
+    rows = sweep_lib.run(grid, out, progress=not args.no_progress,
+                         resume=args.resume is not None)
+  except KeyboardInterrupt:
+    print(f"trainability: sweep interrupted; its finished tasks are in "
+          f"{os.path.join(out, sweep_lib.TABLE_FILE)}; continue with "
+          f"`trainability sweep --resume {out}`", file=sys.stderr)
+    return 130
+  for row in sweep_lib.summary_rows(grid, rows):
+    print(" ".join(f"{k}={row[k]}" for k, _ in grid.axes) +
+          f": mean online accuracy {row['mean_online_accuracy']:.3f}, last task "
+          f"{row['last_task_online_accuracy']:.3f} ({row['seeds']} seeds)")
+  print(f"sweep done in {time.time() - started:.1f} s; table: "
+        f"{os.path.join(out, sweep_lib.TABLE_FILE)}")
+  return 0
 
 
 def _run_target(args) -> tuple[Config, str, bool]:

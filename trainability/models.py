@@ -110,6 +110,7 @@ class _Block(nn.Module):
   leaky_slope: float
   norm: str
   gain: float
+  masked: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -123,7 +124,12 @@ class _Block(nn.Module):
     elif self.norm == "batchnorm":
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        name="norm")(h)
-    return activation_fn(self.activation, self.leaky_slope)(h)
+    out = activation_fn(self.activation, self.leaky_slope)(h)
+    if self.masked:
+      # 1 for a real unit, 0 for a padding unit of a narrower net embedded in this one.
+      active = self.variable(ACTIVE_UNITS, "units", jnp.ones, (self.features,), jnp.float32)
+      out = out * jnp.tile(active.value, activation_copies(self.activation))
+    return out
 
 
 class Conv3x3(nn.Module):
@@ -178,12 +184,14 @@ class Network(nn.Module):
   leaky_slope: float = 0.01
   norm: str = "none"
   init_scheme: str = "kaiming"
+  masked: bool = False  # dense blocks carry an ACTIVE_UNITS mask in the model state
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
     block = lambda features, conv, name: _Block(
-        features, conv, self.activation, self.leaky_slope, self.norm, gain, name=name)
+        features, conv, self.activation, self.leaky_slope, self.norm, gain,
+        masked=self.masked and not conv, name=name)
     for i, c in enumerate(self.channels):
       x = block(c, True, f"conv_{i}")(x, train)
       if x.shape[-3] >= 2 and x.shape[-2] >= 2:
@@ -194,10 +202,20 @@ class Network(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=_kernel_init(1.0), name="output")(x)
 
 
-def make_model(config, input_shape: Sequence[int], num_classes: int) -> Model:
-  """Builds the model a `Config` names, for inputs of shape (H, W, C)."""
+def make_model(config, input_shape: Sequence[int], num_classes: int,
+               unit_masks: bool = False) -> Model:
+  """Builds the model a `Config` names, for inputs of shape (H, W, C).
+
+  unit_masks: the dense hidden layers multiply their outputs by a 0/1 mask
+  per unit held in the model state (`state[ACTIVE_UNITS]`, all ones at init),
+  so that a narrower net can run embedded in this one (`trainability.sweep`).
+  Needs norm "none": a norm layer would mix the padding units in.
+  """
+  if unit_masks and config.norm != "none":
+    raise ValueError(f"norm: {config.norm!r} mixes all units; unit masks need norm 'none'")
   common = dict(num_classes=num_classes, activation=config.activation,
-                leaky_slope=config.leaky_slope, norm=config.norm, init_scheme=config.init)
+                leaky_slope=config.leaky_slope, norm=config.norm, init_scheme=config.init,
+                masked=unit_masks)
   if config.model == "mlp":
     module = Network(widths=(config.width,) * config.depth, **common)
     hidden = [f"hidden_{i}" for i in range(config.depth)]
@@ -253,6 +271,7 @@ def from_module(module: nn.Module, input_shape: Sequence[int]) -> Model:
   return Model(init, apply)
 
 
+ACTIVE_UNITS = "active_units"  # the model-state collection of unit masks
 MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus",
                "fourier")

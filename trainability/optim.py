@@ -153,6 +153,13 @@ def map_base_state(opt_state, fn):
   return jax.tree.map(lambda n: fn(n) if _is_injected(n) else n, opt_state, is_leaf=_is_injected)
 
 
+def hparam_name(optimizer: str, field: str) -> str | None:
+  """The name under which `optimizer`'s state holds Config field `field` (lr ->
+  learning_rate), or None when the field is not one of its hyperparameters."""
+  _, fields = _lookup(optimizer)
+  return next((name for name, f in fields.items() if f == field), None)
+
+
 def _lookup(name):
   if name not in OPTIMIZERS:
     raise ConfigError(f"optimizer: {name!r} is not accepted; choose one of {', '.join(OPTIMIZERS)}")

@@ -133,11 +133,13 @@ def make_train(config: Config, dataset: data_lib.Dataset | None = None, componen
 
 
 def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
-                 components=()) -> Trainer:
+                 components=(), unit_masks: bool = False) -> Trainer:
   """Builds the run's pure functions; loads the config's data set if none given.
 
   The run's components are the config's (`components_of`) followed by
   `components`; each acts through the hooks of `trainability.components`.
+  unit_masks: the model's dense hidden layers carry 0/1 unit masks in the
+  model state (`models.make_model`), for narrower nets embedded in this one.
   """
   if dataset is None:
     dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
@@ -155,7 +157,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
           f"{config.classes_per_task} classes may have; lower it or raise classes_per_task"
       )
   image_shape = dataset.x_train.shape[1:]
-  model = models.make_model(config, image_shape, dataset.num_classes)
+  model = models.make_model(config, image_shape, dataset.num_classes, unit_masks)
   stream = tasks.make_stream(
       config.stream, dataset.y_train, dataset.num_classes,
       image_shape[0] * image_shape[1], config.ns, config.classes_per_task,
