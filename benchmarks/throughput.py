@@ -4,7 +4,7 @@ Run from the repository root:
 
     python benchmarks/throughput.py                  # full run, ~1-3 minutes on a CPU
     python benchmarks/throughput.py --quick          # smoke run, seconds
-    python benchmarks/throughput.py --seeds 1,8,32 --repeats 5
+    python benchmarks/throughput.py --seeds 1,8,64 --repeats 5     # a CPU: 512 seeds take long
 
 For each model it compiles `jit(vmap(trainer.run_tasks, in_axes=(0, None)))` for
 1 seed and for each vmapped seed count, over states from
@@ -13,7 +13,7 @@ timed repeat is `calls` back-to-back calls of the compiled program over
 `--tasks-per-call` tasks each (the state of one call feeds the next; one
 `jax.block_until_ready` at the end), with `calls` chosen from the warm-up call so
 that a repeat takes about `--target-seconds`; the best of `--repeats` counts.
-The repeats of a model's seed counts are interleaved (1, 8, 32, 1, 8, 32, ...),
+The repeats of a model's seed counts are interleaved (1, 8, 64, 1, 8, 64, ...),
 so a busy spell of a shared machine does not fall on one seed count only.
 
     seed-steps/s = seeds * calls * tasks_per_call * epochs * steps_per_epoch / time
@@ -24,7 +24,7 @@ vmapping over sequential seeds.
 
 Every vmapped seed count is measured twice: on one device ("devs" 1), and with
 its seed axis split over the local devices as `trainability run` does
-(`devices.shard_seeds`; on a CPU, `devices.use_cpu_cores()` makes one device per
+(`devices.shard_runs`; on a CPU, `devices.use_cpu_cores()` makes one device per
 core). The targets are judged on the CLI's layout; the 1-device ratio is
 printed beside them. On a CPU, XLA runs the small per-seed matmuls of a vmapped
 step on one thread, so without the split a small model cannot use both cores.
@@ -157,14 +157,14 @@ def prepare(trainer, all_states, seeds: int, shard: bool, tasks_per_call: int,
             target_seconds: float) -> Program:
   """Compiles the program for `seeds` seeds, runs it once, sizes the timed repeats.
 
-  With `shard`, the seed axis is split over the local devices as the CLI does
-  (`devices.shard_seeds`); otherwise all seeds run vmapped on one device.
+  With `shard`, the seed axis is split over the devices as the CLI does
+  (`devices.shard_runs`); otherwise all seeds run vmapped on one device.
   """
   # The first `seeds` of the states of all seeds: the same as initializing
   # seed_keys(config.replace(seeds=seeds)), without compiling init again.
   states = jax.tree.map(lambda a: a[:seeds], all_states)  # on one device
   if shard:
-    states = devices.shard_seeds(states)
+    states = devices.shard_runs(states)
   used = len(jax.tree.leaves(states)[0].sharding.device_set)
   task_ids = jnp.arange(tasks_per_call, dtype=jnp.int32)
   run = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
@@ -221,7 +221,7 @@ def run_bench(bench: Bench, args, peak: float) -> dict[tuple[int, int], float]:
   all_states = jax.jit(jax.vmap(trainer.init))(
       seed_keys(config.replace(seeds=max(seed_counts))))
   # Each seed count vmapped on one device and, where the CLI would, with the
-  # seed axis split over the local devices (`devices.shard_seeds`).
+  # seed axis split over the devices (`devices.shard_runs`).
   layouts = [(s, False) for s in seed_counts]
   layouts += [(s, True) for s in seed_counts if math.gcd(s, len(jax.local_devices())) > 1]
   programs = [prepare(trainer, all_states, s, shard, args.tasks_per_call, args.target_seconds)
@@ -262,7 +262,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       "and achieved FLOP/s as a fraction of the measured matmul peak.")
   parser.add_argument("--seeds", default=None,
                       help="comma-separated seed counts; 1 is always measured "
-                      "(default 1,8,32; --quick: 1,2)")
+                      "(default 1,8,64,512; --quick: 1,2)")
   parser.add_argument("--models", default="paper,small",
                       help="comma-separated: paper, small (default both)")
   parser.add_argument("--repeats", type=int, default=None,
@@ -288,7 +288,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   args = parser.parse_args(argv)
 
   quick = args.quick
-  defaults = dict(seeds="1,2" if quick else "1,8,32", repeats=1 if quick else 3,
+  defaults = dict(seeds="1,2" if quick else "1,8,64,512", repeats=1 if quick else 3,
                   target_seconds=0.0 if quick else 1.5,
                   paper_examples=512 if quick else 2560, paper_epochs=1 if quick else 2,
                   small_epochs=1 if quick else 10, peak_size=256 if quick else 2048)

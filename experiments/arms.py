@@ -39,7 +39,8 @@ def run(name: str, config: Config, writer) -> Arm:
   """Trains `config`'s seeds, writes one row per seed x task, prints a summary line."""
   trainer = make_trainer(config)
   started = time.time()
-  metrics = jax.jit(jax.vmap(trainer.train))(devices.shard_seeds(seed_keys(config)))
+  metrics = devices.gather(jax.jit(jax.vmap(trainer.train))(
+      devices.shard_runs(seed_keys(config))), config.seeds)
   online = np.asarray(metrics.online_accuracy)
   final = np.asarray(metrics.final_accuracy)
   rho = multipliers = None

@@ -51,7 +51,8 @@ def main(argv=None):
     config = base.replace(**changes)
     trainer = make_trainer(config)
     started = time.time()
-    metrics = jax.jit(jax.vmap(trainer.train))(devices.shard_seeds(seed_keys(config)))
+    metrics = devices.gather(jax.jit(jax.vmap(trainer.train))(
+      devices.shard_runs(seed_keys(config))), config.seeds)
     seeds, task_ids = range(config.seeds), range(config.tasks)
     result_rows = results.metric_rows(metrics, seeds, task_ids, heldout=False)
     rows = report.indicator_rows(metrics.indicators, trainer.indicator_labels, seeds, task_ids,

@@ -40,11 +40,11 @@ def main(argv=None):
   # Grid of (lr, seed): one program, one compilation.
   grid_lr = np.repeat(np.array(lrs, np.float32), args.seeds)
   grid_seed = np.tile(np.arange(args.seeds), len(lrs))
-  keys, hparams = devices.shard_seeds(
+  keys, hparams = devices.shard_runs(
       (jax.vmap(jax.random.key)(grid_seed), {"learning_rate": jnp.asarray(grid_lr)}))
   train = jax.jit(jax.vmap(make_train(config)))
   started = time.time()
-  metrics = train(keys, hparams)
+  metrics = devices.gather(train(keys, hparams), len(grid_lr))
   online = np.asarray(metrics.online_accuracy)  # (lrs * seeds, tasks)
   seconds = time.time() - started
 

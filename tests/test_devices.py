@@ -9,24 +9,28 @@ def test_tests_run_with_two_cpu_devices():
   assert len(jax.local_devices()) == 2  # set in conftest, as the CLI does
 
 
-def test_seeds_are_split_over_the_devices_that_divide_them():
+def test_runs_are_sharded_over_a_mesh_and_padded_to_the_device_count():
   tree = {"a": np.zeros((4, 3)), "b": np.arange(4)}
-  sharded = devices.shard_seeds(tree)
+  sharded = devices.shard_runs(tree)
   for leaf in jax.tree.leaves(sharded):
-    shards = leaf.addressable_shards
-    assert len(shards) == 2 and {s.data.shape[0] for s in shards} == {2}
+    assert leaf.sharding.spec[0] == devices.RUNS and leaf.sharding.mesh.size == 2
+    assert {s.data.shape[0] for s in leaf.addressable_shards} == {2}
   np.testing.assert_array_equal(sharded["b"], np.arange(4))
-  odd = devices.shard_seeds({"a": np.zeros((3, 2))})
-  assert isinstance(odd["a"], np.ndarray)  # 3 seeds share no factor with 2 devices
+  odd = devices.shard_runs({"a": np.arange(3), "k": jax.vmap(jax.random.key)(np.arange(3))})
+  np.testing.assert_array_equal(odd["a"], [0, 1, 2, 2])  # the last run repeated
+  assert jax.dtypes.issubdtype(odd["k"].dtype, jax.dtypes.prng_key) and odd["k"].shape == (4,)
+  np.testing.assert_array_equal(devices.gather(odd, 3)["a"], [0, 1, 2])
 
 
-def test_sharded_seeds_give_the_unsharded_results(tiny_config):
+def test_sharded_runs_give_the_unsharded_results(tiny_config):
   train = jax.jit(jax.vmap(make_train(tiny_config)))
   keys = seed_keys(tiny_config)
-  plain, sharded = train(keys), train(devices.shard_seeds(keys))
+  plain = train(keys)
+  sharded = train(devices.shard_runs(keys))
   assert len(sharded.online_accuracy.sharding.device_set) == 2
+  sharded = devices.gather(sharded, tiny_config.seeds)
   for name in ("online_accuracy", "loss", "final_accuracy"):
-    np.testing.assert_allclose(np.asarray(getattr(plain, name)), np.asarray(getattr(sharded, name)),
+    np.testing.assert_allclose(np.asarray(getattr(plain, name)), getattr(sharded, name),
                                rtol=1e-4, atol=1e-4)
 
 

@@ -81,6 +81,18 @@ def _add_config_flags(parser: argparse.ArgumentParser):
                         metavar=None if f.metadata.get("choices") else f.name.upper())
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser):
+  group = parser.add_argument_group(
+      "several hosts", "start the same command on every host (README: Several hosts)")
+  group.add_argument("--distributed", action="store_true",
+                     help="start jax.distributed, detecting the cluster (SLURM, GKE, Cloud TPU)")
+  group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                     help="jax.distributed coordinator address (with --num-processes and "
+                     "--process-id, where no cluster is detected)")
+  group.add_argument("--num-processes", type=int, default=None, help="processes in the job")
+  group.add_argument("--process-id", type=int, default=None, help="this process's index")
+
+
 def given_config_fields(args) -> dict:
   """The Config fields set on the command line, {name: value}."""
   names = {f.name for f in dataclasses.fields(Config)}
@@ -103,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR from its newest checkpoint (a run "
                    "started with --checkpoint-every); its config.json gives every setting")
   run.add_argument("--no-progress", action="store_true", help="no progress bar")
+  _add_distributed_flags(run)
   sweep = commands.add_parser(
       "sweep", help="a grid of runs, as few compiled programs as its shapes allow; writes "
       "sweep.csv, summary.csv and one figure per axis",
@@ -120,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
   sweep.add_argument("--resume", default=None, metavar="SWEEP_DIR",
                      help="continue the sweep in SWEEP_DIR (its sweep.json gives the grid)")
   sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+  _add_distributed_flags(sweep)
   plot = commands.add_parser("plot", help="redraw the plot of a finished or interrupted run")
   plot.add_argument("run_dir", help="directory written by `trainability run`")
   predictors = commands.add_parser(
@@ -202,7 +216,6 @@ def _sweep(args) -> int:
     if extra:
       raise ConfigError(f"resume: takes the grid and every setting from {args.resume}/"
                         f"{sweep_lib.SWEEP_FILE}; do not give --{extra[0].replace('_', '-')}")
-    devices.use_cpu_cores()
     grid, out = sweep_lib.load_grid(args.resume), args.resume
   else:
     base, axes = ({}, {}) if args.grid_file is None else sweep_lib.read_grid_file(args.grid_file)
@@ -213,10 +226,12 @@ def _sweep(args) -> int:
       axes[name] = values
     grid = sweep_lib.make_grid(Config.from_dict({**base, **given}), axes)
     out = args.out or os.path.join("runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-sweep")
-    devices.use_cpu_cores()
+  _start_devices(args)
   programs = sweep_lib.plan(grid)
-  print(f"trainability sweep: {len(sweep_lib.points(grid))} points x {grid.base.seeds} seeds "
-        f"in {len(programs)} program(s); writing to {out}", file=sys.stderr)
+  main_process = devices.is_main()
+  if main_process:
+    print(f"trainability sweep: {len(sweep_lib.points(grid))} points x {grid.base.seeds} seeds "
+          f"in {len(programs)} program(s); writing to {out}", file=sys.stderr)
   started = time.time()
   try:
     rows = sweep_lib.run(grid, out, progress=not args.no_progress,
@@ -226,6 +241,8 @@ def _sweep(args) -> int:
           f"{os.path.join(out, sweep_lib.TABLE_FILE)}; continue with "
           f"`trainability sweep --resume {out}`", file=sys.stderr)
     return 130
+  if not main_process:
+    return 0
   for row in sweep_lib.summary_rows(grid, rows):
     print(" ".join(f"{k}={row[k]}" for k, _ in grid.axes) +
           f": mean online accuracy {row['mean_online_accuracy']:.3f}, last task "
@@ -264,14 +281,26 @@ def _saved_config(run_dir: str) -> Config:
     return Config.from_dict(json.load(f)["config"])
 
 
+def _start_devices(args) -> None:
+  """Before JAX's first computation: one CPU device per core, and jax.distributed if asked."""
+  devices.use_cpu_cores()
+  if args.distributed or args.coordinator is not None or args.num_processes is not None \
+      or args.process_id is not None:
+    if args.out is None and args.resume is None:
+      raise ConfigError("out: give --out (a directory every process sees) when running "
+                        "several processes")
+    devices.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def _run(args) -> int:
   config, out, resuming = _run_target(args)
-  devices.use_cpu_cores()  # before JAX's first computation: seeds spread over the cores.
+  _start_devices(args)
+  main_process = devices.is_main()
 
   dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
   trainer = make_trainer(config, dataset)
   os.makedirs(out, exist_ok=True)
-  if not resuming:
+  if not resuming and main_process:
     with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
       json.dump({
           "config": config.to_dict(),
@@ -282,11 +311,12 @@ def _run(args) -> int:
           "steps_per_task": trainer.steps_per_epoch * config.epochs,
           "jax_version": jax.__version__,
           "backend": jax.default_backend(),
-          "devices": len(jax.local_devices()),
+          "devices": jax.device_count(),
+          "processes": jax.process_count(),
       }, f, indent=2)
 
   seeds = list(range(config.seed, config.seed + config.seeds))
-  keys = devices.shard_seeds(seed_keys(config))
+  keys = devices.shard_runs(seed_keys(config))
   init = jax.jit(jax.vmap(trainer.init))
   run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
   results_path = os.path.join(out, results.RESULTS_FILE)
@@ -304,14 +334,16 @@ def _run(args) -> int:
       print(f"trainability: {out} already holds all {config.tasks} tasks; nothing to resume")
       return 0
     start = checkpoints.latest() or 0
-    before = lambda row: int(row["task"]) < start
-    writer.resume(before)
-    checks_writer.resume(before)
-    indicators_writer.resume(before, report.read_indicator_rows)
-  print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
-        f"{trainer.steps_per_epoch * config.epochs} steps per task; "
-        + (f"resuming after task {start} in {out}" if resuming else f"writing to {out}"),
-        file=sys.stderr)
+    if main_process:
+      before = lambda row: int(row["task"]) < start
+      writer.resume(before)
+      checks_writer.resume(before)
+      indicators_writer.resume(before, report.read_indicator_rows)
+  if main_process:
+    print(f"trainability: {config.seeds} seeds x {config.tasks} tasks, "
+          f"{trainer.steps_per_epoch * config.epochs} steps per task; "
+          + (f"resuming after task {start} in {out}" if resuming else f"writing to {out}"),
+          file=sys.stderr)
 
   def write(metrics, task_ids):
     if metrics.checks is not None:
@@ -326,29 +358,34 @@ def _run(args) -> int:
   try:
     state = init(keys)
     if start:
-      state = devices.shard_seeds(checkpoints.restore(state))
-    with tqdm(total=config.tasks, initial=start, unit="task", disable=args.no_progress,
+      state = checkpoints.restore(state)  # placed as the fresh state is
+    with tqdm(total=config.tasks, initial=start, unit="task",
+              disable=args.no_progress or not main_process,
               file=sys.stderr, dynamic_ncols=True) as bar:
       def progress(metrics, count):
         bar.update(count)
-        bar.set_postfix(online_acc=f"{np.mean(np.asarray(metrics.online_accuracy)[:, -1]):.3f}")
+        bar.set_postfix(online_acc=f"{np.mean(metrics.online_accuracy[:, -1]):.3f}")
 
-      runs.drive(run_chunk, state, config.tasks, config.chunk_tasks, write, start, checkpoints,
-                 config.checkpoint_every, progress)
+      runs.drive(run_chunk, state, config.seeds, config.tasks, config.chunk_tasks, write, start,
+                 checkpoints, config.checkpoint_every, progress)
   except KeyboardInterrupt:
     interrupted = True
   finally:
     if checkpoints is not None:
       checkpoints.close()
     # Whatever finished is on disk already; draw it even after a crash.
-    results.plot_online_accuracy(writer.rows, plot_path, _title(config),
-                                 1.0 / dataset.num_classes)
-    if checks_writer.rows:
-      results.plot_scheduler(checks_writer.rows, os.path.join(out, results.SCHEDULER_PLOT_FILE),
-                             config.lr, _title(config))
-    if indicators_writer.rows:
-      report.plot_indicators(writer.rows, indicators_writer.rows,
-                             os.path.join(out, report.INDICATORS_PLOT_FILE), _title(config))
+    if main_process:
+      results.plot_online_accuracy(writer.rows, plot_path, _title(config),
+                                   1.0 / dataset.num_classes)
+      if checks_writer.rows:
+        results.plot_scheduler(checks_writer.rows,
+                               os.path.join(out, results.SCHEDULER_PLOT_FILE), config.lr,
+                               _title(config))
+      if indicators_writer.rows:
+        report.plot_indicators(writer.rows, indicators_writer.rows,
+                               os.path.join(out, report.INDICATORS_PLOT_FILE), _title(config))
+  if not main_process:
+    return 130 if interrupted else 0
   done = len({r["task"] for r in writer.rows})
   print(results.summary(writer.rows))
   print(f"{done} of {config.tasks} tasks in {time.time() - started:.1f} s; "

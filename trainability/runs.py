@@ -14,30 +14,35 @@ from typing import Callable
 
 import numpy as np
 
+from trainability import devices
 from trainability.checkpoints import Checkpoints
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def drive(run_chunk: Callable, state, tasks: int, chunk_tasks: int,
+def drive(run_chunk: Callable, state, runs: int, tasks: int, chunk_tasks: int,
           write: Callable[[object, np.ndarray], None], start: int = 0,
           checkpoints: Checkpoints | None = None, checkpoint_every: int = 0,
           progress: Callable[[object, int], None] | None = None):
-  """Runs tasks start, ..., tasks - 1; returns the final state.
+  """Runs tasks start, ..., tasks - 1 of a state sharded over `runs` (+ padding) runs.
 
-  run_chunk(state, task_ids) -> (state, TaskMetrics); write(metrics, task_ids)
-  after each chunk; progress(metrics, tasks in the chunk) after the write.
-  Checkpoints are saved after tasks k * checkpoint_every (not after the last
-  task, whose rows complete the run).
+  run_chunk(state, task_ids) -> (state, TaskMetrics). After each chunk the
+  metrics of the first `runs` runs are gathered to numpy on every process
+  (`devices.gather`); the main process calls write(metrics, task_ids) and
+  progress(metrics, tasks in the chunk). Checkpoints are saved by every
+  process after tasks k * checkpoint_every (not after the last task, whose
+  rows complete the run). Returns the final state.
   """
   for first in range(start, tasks, chunk_tasks):
     task_ids = np.arange(first, min(first + chunk_tasks, tasks))
     state, metrics = run_chunk(state, task_ids)
-    write(metrics, task_ids)
+    metrics = devices.gather(metrics, runs)
+    if devices.is_main():
+      write(metrics, task_ids)
     done = int(task_ids[-1]) + 1
     if checkpoints is not None and checkpoint_every and done % checkpoint_every == 0 \
         and done < tasks:
       checkpoints.save(done, state)
-    if progress is not None:
+    if progress is not None and devices.is_main():
       progress(metrics, len(task_ids))
   return state

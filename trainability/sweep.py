@@ -318,83 +318,109 @@ def run(grid: Grid, out: str, progress: bool = True, resume: bool = False) -> li
   """Runs a sweep into `out` (sweep.json, sweep.csv, summary.csv, one figure per axis).
 
   Returns the rows of sweep.csv. `resume=True` continues a sweep in `out`
-  (see `resume`); otherwise `out` must not hold one.
+  (see `resume`); otherwise `out` must not hold one. In a multi-process job
+  (`devices.initialize`) every process calls this with the same grid and a
+  shared `out`; the runs are spread over all devices and process 0 writes.
   """
   from tqdm import tqdm
-  from trainability.train import make_trainer
 
   table = os.path.join(out, TABLE_FILE)
   if not resume and os.path.exists(table):
     raise ConfigError(f"out: {out} already holds {TABLE_FILE}; choose another --out or --resume")
   programs = plan(grid)
   base = grid.base
+  main = devices.is_main()
   os.makedirs(out, exist_ok=True)
-  if not resume:
+  if main and not resume:
     save_grid(grid, out)
   columns = _columns(grid, programs)
-  seeds = list(range(base.seed, base.seed + base.seeds))
   writer = results.ResultsWriter(table)
+  folders = [os.path.join(out, runs.CHECKPOINT_DIR, f"program_{k}") for k in range(len(programs))]
+  # Where each program starts, decided by every process before anything is rewritten.
+  starts = [_start(program, table, folder, base) if resume else 0
+            for program, folder in zip(programs, folders)]
+  devices.barrier("sweep-start")
   total = sum(len(p.points) for p in programs) * base.seeds * base.tasks
   datasets = {}
-  with tqdm(total=total, unit="run-task", disable=not progress, file=sys.stderr,
+  with tqdm(total=total, unit="run-task", disable=not progress or not main, file=sys.stderr,
             dynamic_ncols=True) as bar:
-    for k, program in enumerate(programs):
-      config = program.config
-      members = {str(p.index) for p in program.points}
-      runs_count = len(program.points) * base.seeds
-      finished = _finished(table, members, base.tasks, runs_count) if resume else False
-      if finished:
-        bar.update(runs_count * base.tasks)
+    for k, (program, start, folder) in enumerate(zip(programs, starts, folders)):
+      count = len(program.points) * base.seeds
+      bar.update(count * start)
+      if start == base.tasks:
         continue
-      folder = os.path.join(out, runs.CHECKPOINT_DIR, f"program_{k}")
-      checkpoints = None
-      if base.checkpoint_every:
-        checkpoints = checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints)
-      start = (checkpoints.latest() or 0) if (resume and checkpoints is not None) else 0
-      if resume:
+      bar.set_description(f"program {k + 1}/{len(programs)}")
+      members = {str(p.index) for p in program.points}
+      if resume and main:
         writer.resume(lambda row: row["point"] not in members or int(row["task"]) < start,
                       read_table)
-      bar.update(runs_count * start)
-      bar.set_description(f"program {k + 1}/{len(programs)}")
+      config = program.config
       data_key = (config.dataset, config.data_dir, config.subset, config.normalize)
       if data_key not in datasets:
         datasets[data_key] = data_lib.load(*data_key)
-      dataset = datasets[data_key]
-      trainer = make_trainer(config, dataset, unit_masks=program.widths is not None)
-      keys = jax.vmap(jax.random.key)(np.tile(np.array(seeds), len(program.points)))
-      hparams = _hparams(program, base.seeds)
-      if program.widths is None:
-        state = jax.jit(jax.vmap(trainer.init))(*devices.shard_seeds((keys, hparams)))
-      else:
-        state = devices.shard_seeds(embedded_init(
-            config, dataset, np.repeat(program.widths, base.seeds), keys, hparams))
-      if start:
-        state = devices.shard_seeds(checkpoints.restore(state))
+      trainer, state = _program_start(program, datasets[data_key], base)
+      checkpoints = None
+      if base.checkpoint_every:
+        checkpoints = checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints)
+        if start:
+          state = checkpoints.restore(state, start)
       run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
-      labels = [(p, s) for p in program.points for s in seeds]
 
-      def write(metrics, task_ids, labels=labels, config=config):
-        rows = results.metric_rows(metrics, [s for _, s in labels], task_ids, config.heldout)
-        out_rows = []
-        for i, row in enumerate(rows):
-          point = labels[i // len(task_ids)][0]
-          full = {"point": point.index, **{n: _value(v) for n, v in point.values.items()},
-                  **row}
-          out_rows.append({c: full.get(c, math.nan) for c in columns})
-        writer.write(out_rows)
+      def write(metrics, task_ids, program=program):
+        writer.write(_rows(program, base, columns, metrics, task_ids))
 
-      def advance(metrics, count, runs_count=runs_count):
-        bar.update(runs_count * count)
-
-      runs.drive(run_chunk, state, base.tasks, base.chunk_tasks, write, start, checkpoints,
-                 base.checkpoint_every, advance)
+      runs.drive(run_chunk, state, count, base.tasks, base.chunk_tasks, write, start,
+                 checkpoints, base.checkpoint_every,
+                 lambda metrics, tasks, count=count: bar.update(count * tasks))
       if checkpoints is not None:
         checkpoints.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        devices.barrier(f"sweep-program-{k}")
+        if main:
+          shutil.rmtree(folder, ignore_errors=True)
   rows = read_table(table)
-  write_summary(grid, rows, out)
-  plot_axes(grid, rows, out)
+  if main:
+    write_summary(grid, rows, out)
+    plot_axes(grid, rows, out)
   return rows
+
+
+def _start(program: Program, table: str, folder: str, base) -> int:
+  """Tasks of a program already done: all if the table holds them, else its newest checkpoint."""
+  members = {str(p.index) for p in program.points}
+  if _finished(table, members, base.tasks, len(program.points) * base.seeds):
+    return base.tasks
+  if base.checkpoint_every and os.path.isdir(folder):
+    return checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints).latest() or 0
+  return 0
+
+
+def _program_start(program: Program, dataset, base):
+  """(trainer, initial state of every run, sharded over the devices) of a program."""
+  from trainability.train import make_trainer
+
+  trainer = make_trainer(program.config, dataset, unit_masks=program.widths is not None)
+  seeds = np.arange(base.seed, base.seed + base.seeds)
+  keys = jax.vmap(jax.random.key)(np.tile(seeds, len(program.points)))
+  hparams = _hparams(program, base.seeds)
+  if program.widths is None:
+    state = jax.jit(jax.vmap(trainer.init))(*devices.shard_runs((keys, hparams)))
+  else:
+    widths = np.repeat(program.widths, base.seeds)
+    state = devices.shard_runs(embedded_init(program.config, dataset, widths, keys, hparams))
+  return trainer, state
+
+
+def _rows(program: Program, base, columns, metrics, task_ids) -> list[dict]:
+  """The table rows of a chunk: one per point x seed x task, in `columns`."""
+  seeds = list(range(base.seed, base.seed + base.seeds))
+  labels = [(p, s) for p in program.points for s in seeds]
+  rows = results.metric_rows(metrics, [s for _, s in labels], task_ids, program.config.heldout)
+  out = []
+  for i, row in enumerate(rows):
+    point = labels[i // len(task_ids)][0]
+    full = {"point": point.index, **{n: _value(v) for n, v in point.values.items()}, **row}
+    out.append({c: full.get(c, math.nan) for c in columns})
+  return out
 
 
 def resume(out: str, progress: bool = True) -> list[dict]:
