@@ -21,6 +21,7 @@ import pytest
 COLAB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colab")
 NOTEBOOK = os.path.join(COLAB_DIR, "quickstart.ipynb")
 SCHEDULER_NOTEBOOK = os.path.join(COLAB_DIR, "scheduler.ipynb")
+SWEEPS_NOTEBOOK = os.path.join(COLAB_DIR, "sweeps.ipynb")
 
 CELL_KEYS = {
     "code": {"id", "cell_type", "metadata", "source", "outputs", "execution_count"},
@@ -58,7 +59,8 @@ def _without_magics(source: str) -> str:
   return "\n".join(out) + "\n"
 
 
-@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK], ids=os.path.basename)
+@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK, SWEEPS_NOTEBOOK],
+                         ids=os.path.basename)
 def test_notebook_is_valid_nbformat4_without_outputs(path):
   nb = _load(path)
   assert set(nb) == {"nbformat", "nbformat_minor", "metadata", "cells"}
@@ -188,3 +190,18 @@ def test_scheduler_notebook_runs_in_quick_mode(monkeypatch):
   assert np.all(checks.lam > 0)  # the curvature was measured at every check
   every = np.arange(1, per_task + 1) * namespace["K"]
   np.testing.assert_array_equal(checks.step, np.tile(every, tasks))
+
+
+@pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning")
+def test_sweeps_notebook_runs_one_program_in_quick_mode(monkeypatch):
+  code = "\n".join(_code_cells(_load(SWEEPS_NOTEBOOK)))
+  assert "sweep.plan(" in code and "sweep.run(" in code and "http" not in code
+  namespace = _run_quick(monkeypatch, SWEEPS_NOTEBOOK)
+  assert namespace["QUICK"] is True
+  base, axes = namespace["base"], namespace["axes"]
+  (program,) = namespace["programs"]  # width x lr x seed: one compiled program
+  assert sorted(set(program.widths)) == axes["width"] and program.traced == ("lr",)
+  assert len(namespace["rows"]) == 4 * base.seeds * base.tasks
+  late = namespace["late"]
+  assert late.shape == (2, 2) and np.all((late >= 0) & (late <= 1))
+  assert namespace["difference"] < 1e-5  # the masked narrow run is the narrow run
