@@ -66,6 +66,16 @@ def test_points_share_a_program_unless_their_shapes_differ():
   assert "scheduler" in sweep.not_embeddable(scheduled.base)
 
 
+@pytest.mark.parametrize("indicators", ["all", "crossed", "weight_norm,crossed"])
+def test_the_table_has_rho_hat_whenever_a_run_measures_it(indicators):
+  grid = sweep.make_grid(Config(**SMALL, indicators=indicators, indicator_every=5),
+                         {"lr": [1e-3, 1e-2]})
+  assert sweep._columns(grid, sweep.plan(grid))[-1] == "rho_hat"
+  plain = sweep.make_grid(Config(**SMALL, indicators="weight_norm", indicator_every=5),
+                          {"lr": [1e-3]})
+  assert "rho_hat" not in sweep._columns(plain, sweep.plan(plain))
+
+
 def _block(wide, narrow, width, widest=32):
   """The narrow net's entries of a wide array (runs, ...), copy-major where crelu doubles."""
   index = []

@@ -23,22 +23,19 @@ import os
 import jax
 import numpy as np
 
+from trainability.devices import is_key
 from trainability.settings import ConfigError
-
-
-def _is_key(leaf) -> bool:
-  return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 def _saveable(tree):
   """The tree with every PRNG key array replaced by its raw data."""
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+  return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
 
 
 def _abstract(like):
   """ShapeDtypeStructs (with shardings where known) of the saveable form of `like`."""
   def leaf(x):
-    if _is_key(x):
+    if is_key(x):
       shape = jax.eval_shape(jax.random.key_data, x)
       return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=getattr(x, "sharding", None))
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
@@ -55,7 +52,7 @@ def _key_impl(template):
 def _rewrap(saved, like):
   """Turns raw key data back into PRNG key arrays where `like` has keys."""
   def leaf(value, template):
-    if _is_key(template):
+    if is_key(template):
       return jax.random.wrap_key_data(value, impl=_key_impl(template))
     return value
   return jax.tree.map(leaf, saved, like)

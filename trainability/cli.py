@@ -230,7 +230,8 @@ def _sweep(args) -> int:
   programs = sweep_lib.plan(grid)
   main_process = devices.is_main()
   if main_process:
-    print(f"trainability sweep: {len(sweep_lib.points(grid))} points x {grid.base.seeds} seeds "
+    print(f"trainability sweep: {sum(len(p.points) for p in programs)} points x "
+          f"{grid.base.seeds} seeds "
           f"in {len(programs)} program(s); writing to {out}", file=sys.stderr)
   started = time.time()
   try:

@@ -102,7 +102,8 @@ def pad_runs(tree, count: int):
   return jax.tree.map(pad, tree)
 
 
-def _is_key(x) -> bool:
+def is_key(x) -> bool:
+  """Whether an array (or ShapeDtypeStruct) holds typed PRNG keys."""
   return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
@@ -121,7 +122,7 @@ def shard_runs(tree):
   tree = pad_runs(tree, padded_count(leaves[0].shape[0]))
 
   def put(x):
-    if _is_key(x):
+    if is_key(x):
       impl = jax.random.key_impl(x)
       return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
     if isinstance(x, jax.Array) and x.is_fully_addressable and jax.process_count() == 1:
@@ -144,4 +145,4 @@ def gather(tree, runs: int):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     tree = multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree.map(lambda x: x[:runs] if _is_key(x) else np.asarray(x)[:runs], tree)
+  return jax.tree.map(lambda x: x[:runs] if is_key(x) else np.asarray(x)[:runs], tree)

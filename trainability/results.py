@@ -102,11 +102,18 @@ def _whole_lines(path: str) -> list[str]:
     return [line for line in f.readlines() if line.endswith("\n")]
 
 
+def tasks_per_run(path: str, run_columns: Sequence[str] = ("seed",)) -> dict[tuple, set]:
+  """{run (its run_columns' values, as strings): the tasks a CSV holds for it}; cut lines
+  ignored."""
+  runs: dict[tuple, set] = {}
+  for row in csv.DictReader(_whole_lines(path)):
+    runs.setdefault(tuple(row[c] for c in run_columns), set()).add(row["task"])
+  return runs
+
+
 def finished_tasks(path: str) -> int:
   """How many tasks a results CSV holds for every seed it names (cut lines ignored)."""
-  rows = list(csv.DictReader(_whole_lines(path)))
-  seeds = {r["seed"] for r in rows}
-  tasks = [{r["task"] for r in rows if r["seed"] == s} for s in seeds]
+  tasks = list(tasks_per_run(path).values())
   return len(set.intersection(*tasks)) if tasks else 0
 
 

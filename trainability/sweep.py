@@ -19,6 +19,7 @@ the same rows an uninterrupted sweep writes.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import json
@@ -34,7 +35,7 @@ import numpy as np
 
 from trainability import checkpoints as checkpoints_lib
 from trainability import data as data_lib
-from trainability import devices, optim, results, runs
+from trainability import devices, indicators, optim, results, runs
 from trainability.settings import ConfigError
 
 SWEEP_FILE = "sweep.json"
@@ -248,18 +249,20 @@ def embed(x, like, width: int, widest: int):
   return out
 
 
-def embedded_init(config, dataset, widths: Sequence[int], keys, hparams):
+def embedded_init(config, dataset, widths: Sequence[int], keys, hparams, wide=None):
   """The vmapped initial RunState of nets of `widths` (one per run), embedded in the widest.
 
   Each run starts exactly as a separate run of its own width would (the same
   draws, the same init scales): its state comes from the trainer of that
   width and is zero-padded; its model state's unit masks are 1 for its units
   and 0 for the padding. keys: (runs,) PRNG keys; hparams: {name: (runs,)}.
+  wide: the trainer of the widest net with unit masks, if already built.
   """
   from trainability.train import make_trainer
 
   widths = np.asarray(widths)
-  wide = make_trainer(config.replace(width=int(widths.max())), dataset, unit_masks=True)
+  if wide is None:
+    wide = make_trainer(config.replace(width=int(widths.max())), dataset, unit_masks=True)
   like = jax.eval_shape(jax.vmap(wide.init), keys, hparams)
   parts, order = [], []
   for width in sorted(set(widths.tolist())):
@@ -288,7 +291,7 @@ def _columns(grid: Grid, programs: Sequence[Program]) -> list[str]:
     config = program.config
     if config.heldout:
       measured.add("heldout_accuracy")
-    if config.scheduler != "none" or "crossed" in config.indicators.split(","):
+    if config.scheduler != "none" or "crossed" in indicators.indicator_names(config.indicators):
       measured.add("rho_hat")
   return (["point"] + [name for name, _ in grid.axes] + ["seed", "task"]
           + [m for m in METRICS if m in measured])
@@ -390,7 +393,10 @@ def _start(program: Program, table: str, folder: str, base) -> int:
   if _finished(table, members, base.tasks, len(program.points) * base.seeds):
     return base.tasks
   if base.checkpoint_every and os.path.isdir(folder):
-    return checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints).latest() or 0
+    found = checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints)
+    latest = found.latest() or 0
+    found.close()
+    return latest
   return 0
 
 
@@ -406,7 +412,8 @@ def _program_start(program: Program, dataset, base):
     state = jax.jit(jax.vmap(trainer.init))(*devices.shard_runs((keys, hparams)))
   else:
     widths = np.repeat(program.widths, base.seeds)
-    state = devices.shard_runs(embedded_init(program.config, dataset, widths, keys, hparams))
+    state = devices.shard_runs(
+        embedded_init(program.config, dataset, widths, keys, hparams, wide=trainer))
   return trainer, state
 
 
@@ -430,10 +437,8 @@ def resume(out: str, progress: bool = True) -> list[dict]:
 
 
 def read_table(path: str) -> list[dict]:
-  """The rows of a sweep.csv: point, seed and task as ints, numbers as floats, else strings."""
-  import csv
-
-  def parse(key, text):
+  """The rows of a sweep.csv: integers as ints, other numbers as floats, the rest strings."""
+  def parse(text):
     for kind in (int, float):
       try:
         return kind(text)
@@ -442,20 +447,14 @@ def read_table(path: str) -> list[dict]:
     return text
 
   with open(path, newline="") as f:
-    return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _finished(table: str, members: set, tasks: int, runs_count: int) -> bool:
   """Whether sweep.csv holds every task of every run of a program."""
-  if not os.path.exists(table):
-    return False
-  kept = {}
-  import csv
-  with open(table, newline="") as f:
-    for row in csv.DictReader(line for line in f if line.endswith("\n")):
-      if row["point"] in members:
-        kept.setdefault((row["point"], row["seed"]), set()).add(row["task"])
-  return len(kept) == runs_count and all(len(t) == tasks for t in kept.values())
+  mine = [t for (point, _), t in results.tasks_per_run(table, ("point", "seed")).items()
+          if point in members]
+  return len(mine) == runs_count and all(len(t) == tasks for t in mine)
 
 
 def _by(rows, keys):
@@ -485,7 +484,6 @@ def write_summary(grid: Grid, rows: Sequence[dict], out: str) -> None:
   table = summary_rows(grid, rows)
   if not table:
     return
-  import csv
   with open(os.path.join(out, SUMMARY_FILE), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(table[0]))
     writer.writeheader()
