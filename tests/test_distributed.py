@@ -57,3 +57,9 @@ def test_several_processes_need_an_explicit_output_directory(capsys):
   assert cli.main([*SWEEP, "--coordinator", "127.0.0.1:1", "--num-processes", "2",
                    "--process-id", "0"]) == 2
   assert "out: give --out" in capsys.readouterr().err
+
+
+def test_a_partial_coordinator_is_a_one_line_error(tmp_path, capsys):
+  assert cli.main([*SWEEP, "--out", str(tmp_path / "x"), "--coordinator", "127.0.0.1:1"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "give --coordinator, --num-processes and --process-id" in err
