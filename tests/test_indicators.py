@@ -324,3 +324,114 @@ def test_suite_uses_the_dense_paths_and_the_generic_ones_agree():
         opt_state=optax.sgd(0.1).init(params))[0]
   for n in names:
     np.testing.assert_allclose(values[False][n], values[True][n], rtol=2e-4)
+
+
+# --- A narrower net embedded in a wider one (trainability.sweep) ---------------
+
+def _embedded_pair(activation="crelu", narrow_width=6, wide_width=10, steps=60):
+  """A small MLP of `narrow_width` after `steps` Adam steps on random labels, and
+  the same net embedded in one of `wide_width` with unit masks: (narrow, wide),
+  each (model, params, model_state, opt_state), plus the batch and the loss."""
+  from trainability import Config, models, sweep
+  config = Config(width=narrow_width, depth=2, activation=activation)
+  models_ = (models.make_model(config, (8, 8, 1), 10),
+             models.make_model(config.replace(width=wide_width), (8, 8, 1), 10, unit_masks=True))
+  x = jax.random.normal(jax.random.key(1), (24, 8, 8, 1))
+  y = jax.random.randint(jax.random.key(2), (24,), 0, 10)
+
+  def example_loss(model):
+    def loss(p, model_state, example):
+      xi, yi = example
+      logits, _ = model.apply(p, model_state, xi[None])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+    return loss
+
+  narrow = models_[0]
+  params, state = narrow.init(jax.random.key(0))
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+  opt_state = tx.init(params)
+  loss = example_loss(narrow)
+
+  @jax.jit
+  def step(params, opt_state):
+    mean = lambda p: jnp.mean(jax.vmap(loss, (None, None, 0))(p, state, (x, y)))
+    updates, opt_state = tx.update(jax.grad(mean)(params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  for _ in range(steps):  # a trained state, not the initialization
+    params, opt_state = step(params, opt_state)
+  wide = models_[1]
+  like = jax.eval_shape(lambda: (wide.init(jax.random.key(0))[0],
+                                 tx.init(wide.init(jax.random.key(0))[0])))
+  lay = lambda tree, like_tree: jax.tree.map(
+      lambda a, b: sweep.embed(a[None], jax.ShapeDtypeStruct((1, *b.shape), b.dtype),
+                               narrow_width, wide_width)[0], tree, like_tree)
+  wide_params, wide_opt = lay((params, opt_state), like)
+  wide_state = {models.ACTIVE_UNITS: {
+      name: {"units": (jnp.arange(wide_width) < narrow_width).astype(jnp.float32)}
+      for name in ("hidden_0", "hidden_1")}}
+  return ((narrow, params, state, opt_state), (wide, wide_params, wide_state, wide_opt),
+          (x, y), example_loss, lay)
+
+
+def test_indicators_of_an_embedded_net_are_the_narrow_nets():
+  """Every indicator of a trained net embedded in a wider one (padding units
+  masked) is the narrow net's: the means over elements and units, Adam's
+  effective step and the Lanczos sharpness (from the same start) count its own
+  elements only. With tau 0.5 some units count as dormant; crelu's two copies
+  per unit double the next layer's rows, copy-major."""
+  fresh = ("hessian_trace", "top_eigenvalues")  # fresh draws: tested below
+  names = tuple(n for n in indicators.NAMES if n not in fresh)
+  narrow, wide, batch, example_loss, lay = _embedded_pair("crelu")
+  out = []
+  for (model, params, state, opt_state), start in ((narrow, None), (wide, narrow)):
+    suite = indicators.make_suite(model, example_loss(model), batch[0], names,
+                                  indicators.Options(tau=0.5))
+    suite_state = suite.init(params, jax.random.key(3))
+    if start is not None:  # the narrow net's curvature directions, zero-padded
+      suite_state = lay(indicators_state_of(start, names, example_loss, batch),
+                        jax.eval_shape(lambda: suite_state))
+    values, _ = jax.jit(suite.compute)(suite_state, params, state, batch, opt_state=opt_state)
+    out.append(values)
+  assert float(out[0]["dormant_fraction"].max()) > 0
+  for name in names:
+    np.testing.assert_allclose(out[1][name], out[0][name], rtol=2e-5, atol=1e-7,
+                               err_msg=name)
+
+
+def indicators_state_of(narrow, names, example_loss, batch):
+  model, params, _, _ = narrow
+  return indicators.make_suite(model, example_loss(model), batch[0], names).init(
+      params, jax.random.key(3))
+
+
+def test_fresh_draw_curvature_of_an_embedded_net_estimates_the_narrow_nets():
+  """Hutchinson's trace and Lanczos' top eigenvalues draw new vectors at every
+  evaluation: embedded, they estimate the narrow net's Hessian (its padding
+  has zero Hessian rows; the Lanczos start is masked onto the real elements)."""
+  from trainability import interventions
+  (model, params, state, _), (wide, wide_params, wide_state, _), batch, example_loss, _ = \
+      _embedded_pair("tanh", 4, 7)
+  mean = lambda m, s: lambda p: jnp.mean(
+      jax.vmap(example_loss(m), (None, None, 0))(p, s, batch))
+  loss, wide_loss = mean(model, state), mean(wide, wide_state)
+  mask = interventions.real_elements(wide, wide_params, wide_state)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  hessian = np.asarray(jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat), np.float64)
+  eig = np.linalg.eigvalsh(hessian)
+  top = jax.jit(lambda p: indicators.top_eigenvalues(wide_loss, p, 3, 60, jax.random.key(5),
+                                                     mask))(wide_params)
+  np.testing.assert_allclose(top, eig[::-1][:3], rtol=1e-3)
+  # The Lanczos directions never leave the real elements, whatever the start.
+  start = jax.tree.map(jnp.ones_like, wide_params)
+  vectors = jax.jit(lambda p, s, m: indicators.sharpness(wide_loss, p, s, mask=m).vectors)(
+      wide_params, start, mask)
+  for v, m in zip(jax.tree.leaves(vectors), jax.tree.leaves(mask)):
+    assert not np.any(np.asarray(v)[np.asarray(m) == 0])
+  # Hutchinson: the estimate's mean is the narrow trace, within 4 standard errors.
+  samples = 400
+  trace = jax.jit(lambda p: indicators.hessian_trace(
+      wide_loss, p, estimators.layers_of(p), samples, jax.random.key(6)).total)(wide_params)
+  off = hessian - np.diag(np.diag(hessian))
+  error = np.sqrt(2 * np.sum(off**2) / samples)
+  assert abs(float(trace) - np.trace(hessian)) < 4 * error + 1e-4

@@ -57,6 +57,35 @@ def test_adam_effective_step_with_per_element_counts():
   np.testing.assert_allclose(alpha[0], expected, rtol=1e-5)
 
 
+def test_masked_adam_means_are_the_narrow_nets():
+  """With an element mask, Adam's effective steps (per kernel, elementwise, per-element
+  counts) and the global normaliser are those of the marked elements alone: a
+  narrow net's moments zero-padded into a wider layer give the narrow values."""
+  rng = np.random.default_rng(0)
+  narrow = {"a": {"kernel": jnp.asarray(rng.uniform(1e-5, 1e-3, (3, 2)), jnp.float32),
+                  "bias": jnp.asarray(rng.uniform(1e-5, 1e-3, 2), jnp.float32)},
+            "b": {"kernel": jnp.asarray(rng.uniform(1e-5, 1e-3, (2, 1)), jnp.float32)}}
+  pad = lambda x, axis: jnp.pad(x, [(0, 3) if i == axis else (0, 0) for i in range(x.ndim)])
+  wide = {"a": {"kernel": pad(narrow["a"]["kernel"], 1), "bias": pad(narrow["a"]["bias"], 0)},
+          "b": {"kernel": pad(narrow["b"]["kernel"], 0)}}
+  mask = jax.tree.map(lambda w, n: pad(jnp.ones_like(n), w.ndim - 1 if w.shape[-1] != n.shape[-1]
+                                       else 0), wide, narrow)
+  assert [int(m.sum()) for m in jax.tree.leaves(mask)] == [2, 6, 2]
+  eta, b1, b2, eps = jnp.array([1e-3, 2e-3]), 0.9, 0.999, 1e-8
+  layers = estimators.layers_of(narrow)
+  counts = lambda tree: jax.tree.map(lambda v: jnp.full(v.shape, 7, jnp.int32), tree)
+  for count in ((7, 7), (counts(narrow), counts(wide))):
+    for elementwise in (False, True):
+      expected = adam_effective_step(layers, narrow, count[0], eta, b1, b2, eps, elementwise)
+      got = jax.jit(lambda nu, t, m, e=elementwise: adam_effective_step(
+          layers, nu, t, eta, b1, b2, eps, e, m))(wide, count[1], mask)
+      np.testing.assert_allclose(got, expected, rtol=1e-6)
+      unmasked = adam_effective_step(layers, wide, count[1], eta, b1, b2, eps, elementwise)
+      assert not np.allclose(unmasked[0], expected[0], rtol=1e-3)  # the padding would count
+  np.testing.assert_allclose(global_adam_normaliser(wide, 7, 1e-3, 1e-8, mask),
+                             global_adam_normaliser(narrow, 7, 1e-3, 1e-8), rtol=1e-6)
+
+
 def test_generic_effective_step_of_plain_sgd_is_its_learning_rate():
   params = {"a": {"kernel": jnp.ones((2, 2))}, "b": {"kernel": jnp.ones((2,))[:, None]}}
   layers = estimators.layers_of(params)

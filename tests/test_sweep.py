@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainability import Config, cli, data, make_trainer, results, seed_keys, sweep
+from trainability import Config, cli, data, devices, make_trainer, results, seed_keys, sweep
 from trainability.models import ACTIVE_UNITS
 from trainability.settings import ConfigError
 
@@ -59,11 +59,14 @@ def test_points_share_a_program_unless_their_shapes_differ():
   # lr is traced and widths are embedded: one program per depth.
   assert [(p.config.depth, p.config.width, p.widths, p.traced) for p in programs] == [
       (1, 16, (8, 16, 8, 16), ("lr",)), (2, 16, (8, 16, 8, 16), ("lr",))]
-  scheduled = sweep.make_grid(Config(**SMALL, scheduler="noise_curvature", check_every=5),
-                              {"lr": [1e-3, 1e-2], "width": [8, 16]})
-  # The scheduler averages over a layer's parameters: one program per width.
-  assert [(p.config.width, p.widths) for p in sweep.plan(scheduled)] == [(8, None), (16, None)]
-  assert "scheduler" in sweep.not_embeddable(scheduled.base)
+  # The scheduler and the indicators average over the narrow net's own elements: embedded.
+  scheduled = sweep.make_grid(Config(**SMALL, scheduler="noise_curvature", check_every=5,
+                                     indicators="all"), {"lr": [1e-3, 1e-2], "width": [8, 16]})
+  assert [(p.config.width, p.widths) for p in sweep.plan(scheduled)] == [(16, (8, 16, 8, 16))]
+  # A norm layer averages over every unit, padding included: one program per width.
+  normed = sweep.make_grid(Config(**SMALL, norm="layernorm"), {"width": [8, 16]})
+  assert [(p.config.width, p.widths) for p in sweep.plan(normed)] == [(8, None), (16, None)]
+  assert "norm 'layernorm'" in sweep.not_embeddable(normed.base)
 
 
 @pytest.mark.parametrize("indicators", ["all", "crossed", "weight_norm,crossed"])
@@ -76,7 +79,7 @@ def test_the_table_has_rho_hat_whenever_a_run_measures_it(indicators):
   assert "rho_hat" not in sweep._columns(plain, sweep.plan(plain))
 
 
-def _block(wide, narrow, width, widest=32):
+def _block(wide, narrow, width, widest=16):
   """The narrow net's entries of a wide array (runs, ...), copy-major where crelu doubles."""
   index = []
   for n, total in zip(narrow.shape, wide.shape):
@@ -87,51 +90,64 @@ def _block(wide, narrow, width, widest=32):
 
 
 def test_masked_widths_equal_separate_narrow_runs():
-  """Init draws and scales, Adam moments and every metric of a run embedded in a
-  wider net equal those of the separate narrow run; its padding stays exactly zero.
+  """A run embedded in a wider net is the separate narrow run: the same init
+  draws and scales, Adam moments, L2-init anchor and metrics; the scheduler's
+  checks and decisions (Adam's means and the Lanczos directions count its own
+  elements only) and indicators averaged over its own units (each indicator is
+  checked in tests/test_indicators.py); padding that stays exactly zero.
 
-  Fourier features test both hard cases at once: cos(0) = 1, so padding units
-  would be active without their mask, and the two copies [sin h, cos h] double
-  the next layer's fan-in, copy-major."""
-  activation = "fourier"
-  base = Config(**SMALL, activation=activation, regularizer="l2_init", reg_coef=1e-3)
-  grid = sweep.make_grid(base, {"width": [8, 32], "lr": [1e-3, 1e-2]})
+  Fourier features test both hard cases of the layout at once: cos(0) = 1, so
+  padding units would be active without their mask, and the two copies
+  [sin h, cos h] double the next layer's fan-in, copy-major."""
+  base = Config(subset=100, tasks=2, epochs=2, batch_size=10, depth=2, seeds=1, width=8,
+                activation="fourier", regularizer="l2_init", reg_coef=1e-3,
+                scheduler="noise_curvature", check_every=5,
+                indicators="grad_param_ratio,unit_sign_entropy,dormant_fraction",
+                indicator_every=5, indicator_examples=20)
+  grid = sweep.make_grid(base, {"width": [8, 16], "lr": [1e-3, 1e-2]})
   (program,) = sweep.plan(grid)
+  assert program.widths == (8, 8, 16, 16)
   dataset = data.load(base.dataset, base.data_dir, base.subset, base.normalize)
-  keys = jax.vmap(jax.random.key)(np.tile(np.arange(base.seeds), len(program.points)))
+  keys = jax.vmap(jax.random.key)(np.arange(4) % 2)
   hparams = sweep._hparams(program, base.seeds)
-  widths = np.repeat(program.widths, base.seeds)
-  start = sweep.embedded_init(program.config, dataset, widths, keys, hparams)
+  start = sweep.embedded_init(program.config, dataset, program.widths, keys, hparams)
   wide = make_trainer(program.config, dataset, unit_masks=True)
-  end, metrics = jax.jit(jax.vmap(wide.run_tasks, in_axes=(0, None)))(start, np.arange(3))
-  for width in (8, 32):
-    # The separate runs of this width (both learning rates, as traced hparams).
-    runs = np.flatnonzero(widths == width)
-    masks = jax.tree.leaves(start.model_state[ACTIVE_UNITS])
-    assert all(np.array_equal(np.asarray(m[runs]), np.tile(np.arange(32) < width, (4, 1)))
-               for m in masks)
-    narrow = make_trainer(base.replace(width=width), dataset)
-    initial = jax.jit(jax.vmap(narrow.init))(
-        keys[runs], {"learning_rate": hparams["learning_rate"][runs]})
-    final, expected = jax.jit(jax.vmap(narrow.run_tasks, in_axes=(0, None)))(
-        initial, np.arange(3))
-    for field in ("online_accuracy", "loss", "final_accuracy"):
-      np.testing.assert_allclose(getattr(metrics, field)[runs], getattr(expected, field),
-                                 atol=2e-6, err_msg=f"width {width}: {field}")
-    # The same init draws and scales, exactly.
-    for w, n in zip(jax.tree.leaves(start.params), jax.tree.leaves(initial.params)):
-      np.testing.assert_array_equal(_block(np.asarray(w[runs]), np.asarray(n), width), n)
-    # Params, the L2-init anchor and Adam moments after training: the narrow run's.
-    for w, n in zip(jax.tree.leaves((end.params, end.opt_state, end.components)),
-                    jax.tree.leaves((final.params, final.opt_state, final.components))):
-      w, n = np.asarray(w[runs]), np.asarray(n)
-      if w.ndim == 1:  # a count: one per run
-        np.testing.assert_array_equal(w, n)
-        continue
-      np.testing.assert_allclose(_block(w, n, width), n, rtol=1e-4, atol=1e-6)
-      # The padding is exactly zero: the real entries hold all of the mass.
-      assert np.abs(w).sum(dtype=np.float64) == np.abs(_block(w, n, width)).sum(
-          dtype=np.float64), f"width {width}: padding moved"
+  end, metrics = jax.jit(jax.vmap(wide.run_tasks, in_axes=(0, None)))(start, np.arange(2))
+  runs = np.arange(2)  # width 8, both learning rates
+  masks = jax.tree.leaves(start.model_state[ACTIVE_UNITS])
+  assert all(np.array_equal(np.asarray(m[runs]), np.tile(np.arange(16) < 8, (2, 1)))
+             for m in masks)
+  narrow = make_trainer(base, dataset)
+  initial = jax.jit(jax.vmap(narrow.init))(
+      keys[runs], {"learning_rate": hparams["learning_rate"][runs]})
+  final, expected = jax.jit(jax.vmap(narrow.run_tasks, in_axes=(0, None)))(initial, np.arange(2))
+  for field in ("online_accuracy", "loss", "final_accuracy"):
+    np.testing.assert_allclose(getattr(metrics, field)[runs], getattr(expected, field),
+                               atol=2e-6, err_msg=field)
+  assert np.asarray(expected.checks.warmed).any()  # the rule acts, and acts the same
+  for name, value in metrics.checks._asdict().items():
+    np.testing.assert_allclose(np.asarray(value[runs], np.float64),
+                               np.asarray(getattr(expected.checks, name), np.float64),
+                               rtol=1e-4, atol=1e-7, err_msg=f"scheduler check {name}")
+  for name, value in metrics.indicators.items():
+    np.testing.assert_allclose(np.asarray(value[runs], np.float64),
+                               np.asarray(expected.indicators[name], np.float64),
+                               rtol=1e-4, atol=1e-7, err_msg=f"indicator {name}")
+  # The same init draws and scales, exactly.
+  for w, n in zip(jax.tree.leaves(start.params), jax.tree.leaves(initial.params)):
+    np.testing.assert_array_equal(_block(np.asarray(w[runs]), np.asarray(n), 8), n)
+  # Params, the L2-init anchor, Adam moments and the curvature directions after
+  # training: the narrow run's; the padding is exactly zero.
+  numbers = lambda x: jax.random.key_data(x) if devices.is_key(x) else x
+  for w, n in zip(jax.tree.leaves((end.params, end.opt_state, end.components)),
+                  jax.tree.leaves((final.params, final.opt_state, final.components))):
+    w, n = np.asarray(numbers(w)[runs]), np.asarray(numbers(n))
+    if w.shape == n.shape:  # counts, multipliers, the window, keys: one per run
+      np.testing.assert_allclose(w, n, rtol=1e-4, atol=1e-7)
+      continue
+    np.testing.assert_allclose(_block(w, n, 8), n, rtol=1e-4, atol=1e-6)
+    assert np.abs(w).sum(dtype=np.float64) == np.abs(_block(w, n, 8)).sum(
+        dtype=np.float64), "padding moved"
 
 
 def _read(path):

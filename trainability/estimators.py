@@ -73,6 +73,18 @@ def per_layer_sum(layers: Layers, values) -> jax.Array:
   return out
 
 
+def masked_mean(x, mask=None) -> jax.Array:
+  """Mean of `x` over its elements where `mask` is 1 (0/1, shaped like x); all if None.
+
+  The mean over a narrower network's own elements when it runs embedded in a
+  wider one (`trainability.sweep`); 0 where the mask has no element.
+  """
+  if mask is None:
+    return jnp.mean(x)
+  count = jnp.sum(mask)
+  return jnp.where(count > 0, jnp.sum(x * mask) / jnp.maximum(count, 1.0), 0.0)
+
+
 def per_layer_mean(layers: Layers, values, mask=None) -> jax.Array:
   """Averages per-leaf scalars over each layer's leaves (where `mask` is True)."""
   ones = jax.tree.map(lambda _: 1.0, values) if mask is None else jax.tree.map(float, mask)
@@ -282,29 +294,36 @@ def _per_layer_dot(layers, a, b):
   return per_layer_sum(layers, jax.tree.map(lambda x, y: jnp.vdot(x, y).real, a, b))
 
 
-def normalize_per_layer(layers: Layers, vector, fallback_key=None):
+def normalize_per_layer(layers: Layers, vector, fallback_key=None, mask=None):
   """Scales each layer's part of `vector` to unit norm.
 
   A layer whose part is zero (a zero HVP: no curvature) gets a fresh random
-  direction from `fallback_key`, or stays zero without one.
+  direction from `fallback_key` (on the elements where `mask` is 1, if given),
+  or stays zero without one.
   """
   norms = jnp.sqrt(_per_layer_dot(layers, vector, vector))
   scale = jnp.where(norms > _TINY, 1.0 / jnp.maximum(norms, _TINY), 0.0)
   unit = jax.tree.map(lambda v, i: v * scale[i], vector, layers.index)
   if fallback_key is None:
     return unit
-  fresh = random_unit_vectors(fallback_key, vector, layers)
+  fresh = random_unit_vectors(fallback_key, vector, layers, mask)
   return jax.tree.map(lambda u, z, i: jnp.where(norms[i] > _TINY, u, z),
                       unit, fresh, layers.index)
 
 
-def random_unit_vectors(key, params, layers: Layers):
-  """A random direction per layer, unit norm within each layer."""
+def random_unit_vectors(key, params, layers: Layers, mask=None):
+  """A random direction per layer, unit norm within each layer (and zero where
+  `mask`, a params-shaped 0/1 tree, is 0)."""
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
   noise = jax.tree.unflatten(
       treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
-  return normalize_per_layer(layers, noise)
+  return normalize_per_layer(layers, apply_mask(noise, mask))
+
+
+def apply_mask(tree, mask=None):
+  """`tree` with the elements where `mask` (a 0/1 tree shaped like it) is 0 set to 0."""
+  return tree if mask is None else jax.tree.map(lambda x, m: x * m.astype(x.dtype), tree, mask)
 
 
 class Eigen(NamedTuple):
@@ -314,7 +333,8 @@ class Eigen(NamedTuple):
   vectors: Any
 
 
-def power_iteration(loss, params, layers: Layers, start, iterations: int, key=None) -> Eigen:
+def power_iteration(loss, params, layers: Layers, start, iterations: int, key=None,
+                    mask=None) -> Eigen:
   """Top (largest-magnitude) eigenvalue of each layer's diagonal Hessian block.
 
   `start` is a params-shaped tree of per-layer directions: pass the previous
@@ -324,15 +344,17 @@ def power_iteration(loss, params, layers: Layers, start, iterations: int, key=No
   Warm-started from check to check, one iteration per check runs a power
   iteration across the checks. The value is exact for an exact eigenvector,
   never NaN, and 0 for a layer with no curvature; `key` re-seeds a layer whose
-  HVP vanished.
+  HVP vanished. `mask` (params-shaped, 0/1) keeps every direction on the
+  elements marked 1: the Hessian of the network embedded there.
   """
-  vector = normalize_per_layer(layers, start)
+  vector = normalize_per_layer(layers, apply_mask(start, mask))
   hvp = block_hvp(loss, params, layers)
 
   def body(_, carry):
     v, _ = carry
     product = hvp(v)
-    return normalize_per_layer(layers, product, key), _per_layer_dot(layers, v, product)
+    return (normalize_per_layer(layers, product, key, mask),
+            _per_layer_dot(layers, v, product))
 
   vector, values = jax.lax.fori_loop(
       0, iterations, body, (vector, jnp.zeros((layers.count,), jnp.float32)))
@@ -360,7 +382,7 @@ def _combine(layers: Layers, basis, coefficients):
 
 
 def lanczos(hvp, layers: Layers, start, max_steps: int, tol: float = 0.0, min_steps: int = 1,
-            key=None) -> Lanczos:
+            key=None, mask=None) -> Lanczos:
   """Top (largest algebraic) eigenvalue of every layer's Hessian block, by Lanczos.
 
   hvp: `block_hvp(loss, params, layers)`. All layers run together: each
@@ -375,12 +397,15 @@ def lanczos(hvp, layers: Layers, start, max_steps: int, tol: float = 0.0, min_st
   subspace: the new direction is below float precision) stops growing; its
   value is then exact. Under `vmap` the loop runs until every member is done.
   A layer whose block is 0 gets value 0; `key` re-seeds a zero start.
+  `mask` (params-shaped, 0/1) keeps the start and any re-seeded direction on
+  the elements marked 1: the Hessian of a narrower network embedded there
+  (its padding has zero Hessian rows, so the Krylov space stays on it).
   """
   if not 1 <= min_steps <= max_steps:
     raise ValueError(f"min_steps: {min_steps!r} is not accepted; give 1 <= min_steps <= "
                      f"max_steps ({max_steps})")
   rows = max_steps + 1
-  first = normalize_per_layer(layers, start, key)
+  first = normalize_per_layer(layers, apply_mask(start, mask), key, mask)
   basis = jax.tree.map(lambda v: jnp.zeros((rows,) + v.shape, v.dtype).at[0].set(v), first)
   g = layers.count
   position = jnp.arange(max_steps)[:, None]                # (max_steps, 1)
@@ -441,26 +466,27 @@ def lanczos(hvp, layers: Layers, start, max_steps: int, tol: float = 0.0, min_st
   value, y, last = ritz(alphas, betas, length)
   vector = _combine(layers, jax.tree.map(lambda b: b[:max_steps], basis), y.T)
   residual = residual_of(betas, length, last)
-  return Lanczos(value, normalize_per_layer(layers, vector, key), steps, residual)
+  return Lanczos(value, normalize_per_layer(layers, vector, key, mask), steps, residual)
 
 
 LANCZOS_MIN_STEPS = 3  # before a warm-started Lanczos may stop on its residual
 
 
 def top_block_eigenvalues(loss, params, layers: Layers, start, method: str, steps: int,
-                          tol: float, key=None) -> Eigen:
+                          tol: float, key=None, mask=None) -> Eigen:
   """Each layer's top Hessian-block eigenvalue, warm-started from `start`.
 
   method "lanczos": `lanczos` with at most `steps` HVPs per layer, stopping
   at relative residual `tol` (after LANCZOS_MIN_STEPS at least); the largest algebraic
   eigenvalue. "power": `power_iteration`, exactly `steps` HVPs; the
   largest-magnitude eigenvalue. Pass the previous result's `vectors` as
-  `start` to follow the eigenvector from one call to the next.
+  `start` to follow the eigenvector from one call to the next. `mask`: the
+  elements of the network (0 for the padding of an embedded narrower one).
   """
   if method == "power":
-    return power_iteration(loss, params, layers, start, steps, key=key)
+    return power_iteration(loss, params, layers, start, steps, key=key, mask=mask)
   if method != "lanczos":
     raise ValueError(f"curvature: {method!r} is not accepted; choose one of lanczos, power")
   result = lanczos(block_hvp(loss, params, layers), layers, start, steps, tol,
-                   min_steps=min(LANCZOS_MIN_STEPS, steps), key=key)
+                   min_steps=min(LANCZOS_MIN_STEPS, steps), key=key, mask=mask)
   return Eigen(result.values, result.vectors)

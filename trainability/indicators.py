@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from trainability import estimators, signals as signals_lib
+from trainability import estimators, interventions, models, signals as signals_lib
 from trainability.components import Component
 from trainability.settings import ConfigError, Integer, Number, Predicate, Setting, by_name
 from trainability.signals import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
@@ -96,21 +96,26 @@ def binary_entropy(p):
   return jnp.where((p <= 0) | (p >= 1), 0.0, h)
 
 
-def unit_sign_entropy(pre) -> jax.Array:
-  """Mean over units of H(fraction of examples with a positive pre-activation)."""
+def unit_sign_entropy(pre, units=None) -> jax.Array:
+  """Mean over units of H(fraction of examples with a positive pre-activation).
+
+  units: (units,) 0/1, the units that count (the network's own, when a
+  narrower one runs embedded in this one); None: all.
+  """
   p = jnp.mean(_units(pre) > 0, axis=0)
-  return jnp.mean(binary_entropy(p))
+  return estimators.masked_mean(binary_entropy(p), units)
 
 
-def dormant_fraction(post, tau: float = 0.0) -> jax.Array:
+def dormant_fraction(post, tau: float = 0.0, units=None) -> jax.Array:
   """Fraction of units whose normalized mean |activation| is <= tau.
 
-  s_i = E|h_i| / mean_k E|h_k|. With every activation zero, all units are dormant.
+  s_i = E|h_i| / mean_k E|h_k|. With every activation zero, all units are
+  dormant. units: (outputs,) 0/1, the outputs that count, in both means; None: all.
   """
   score = jnp.mean(jnp.abs(_units(post)), axis=0)
-  mean = jnp.mean(score)
+  mean = estimators.masked_mean(score, units)
   normalized = jnp.where(mean > _TINY, score / jnp.maximum(mean, _TINY), 0.0)
-  return jnp.mean(normalized <= tau)
+  return estimators.masked_mean((normalized <= tau).astype(jnp.float32), units)
 
 
 def mass_rank(values, mass) -> jax.Array:
@@ -149,16 +154,19 @@ def norms(layers: estimators.Layers, tree) -> jax.Array:
   return jnp.sqrt(estimators.per_layer_sum(layers, jax.tree.map(lambda x: jnp.sum(x**2), tree)))
 
 
-def ratio_of_means(layers: estimators.Layers, numerator, denominator) -> jax.Array:
+def ratio_of_means(layers: estimators.Layers, numerator, denominator, mask=None) -> jax.Array:
   """(G,) mean|numerator| / mean|denominator| over each layer's elements.
 
   The reference code's gradient-to-parameter ratio (numerator = gradient,
   denominator = parameters). UNBOUNDED where the layer's parameters are all 0.
+  mask: params-shaped 0/1, the elements that count; None: all.
   """
-  size = estimators.per_layer_sum(layers, jax.tree.map(lambda x: jnp.float32(x.size), numerator))
-  top = estimators.per_layer_sum(layers, jax.tree.map(lambda x: jnp.sum(jnp.abs(x)), numerator))
-  bottom = estimators.per_layer_sum(
-      layers, jax.tree.map(lambda x: jnp.sum(jnp.abs(x)), denominator))
+  ones = jax.tree.map(lambda x: jnp.ones((), jnp.float32), numerator) if mask is None else mask
+  size = estimators.per_layer_sum(
+      layers, jax.tree.map(lambda x, m: jnp.sum(jnp.broadcast_to(m, x.shape)), numerator, ones))
+  absolute_sum = lambda x, m: jnp.sum(jnp.abs(x) * m)
+  top = estimators.per_layer_sum(layers, jax.tree.map(absolute_sum, numerator, ones))
+  bottom = estimators.per_layer_sum(layers, jax.tree.map(absolute_sum, denominator, ones))
   return estimators.safe_ratio(top / size, bottom / size)
 
 
@@ -168,7 +176,7 @@ def whole_network(params) -> estimators.Layers:
 
 
 def sharpness(loss, params, start, steps: int = SIGNAL_DEFAULTS.curvature_steps, key=None,
-              method: str = SIGNAL_DEFAULTS.curvature, tol: float | None = None
+              method: str = SIGNAL_DEFAULTS.curvature, tol: float | None = None, mask=None
               ) -> estimators.Eigen:
   """Top eigenvalue of the whole Hessian of `loss` at `params`, values of shape (1,).
 
@@ -177,14 +185,15 @@ def sharpness(loss, params, start, steps: int = SIGNAL_DEFAULTS.curvature_steps,
   relative residual `tol`, default the scheduler's) or power iteration
   (`method` "power": the largest-magnitude one, exactly `steps` HVPs; no
   `tol`), warm-started from `start` (a params-shaped direction, e.g. the
-  previous call's `vectors`).
+  previous call's `vectors`). mask: params-shaped 0/1, the elements of the
+  network (0: the padding of a narrower one embedded in it).
   """
   settings = SIGNAL_DEFAULTS._replace(curvature=method, curvature_steps=steps)
   if tol is not None:
     settings = settings._replace(curvature_tol=tol)
   settings = settings.resolved()  # one-line errors for a bad method, steps or tol
   return estimators.top_block_eigenvalues(loss, params, whole_network(params), start, method,
-                                          steps, settings.curvature_tol, key=key)
+                                          steps, settings.curvature_tol, key=key, mask=mask)
 
 
 def _flat_hvp(loss, params):
@@ -193,19 +202,23 @@ def _flat_hvp(loss, params):
   return flat, lambda v: jax.jvp(grad, (flat,), (v,))[1]
 
 
-def top_eigenvalues(loss, params, k: int, steps: int, key) -> jax.Array:
+def top_eigenvalues(loss, params, k: int, steps: int, key, mask=None) -> jax.Array:
   """The k largest (algebraic) Hessian eigenvalues, from `steps` Lanczos steps.
 
   Lanczos with full reorthogonalization from a random start: `steps` HVPs,
   the Ritz values of the (steps x steps) tridiagonal matrix approximate the
   extreme eigenvalues (exact once steps >= the number of distinct
   eigenvalues). Returned in descending order, shape (k,); k <= steps.
+  mask: params-shaped 0/1; the start (and so the Krylov space, the padding's
+  Hessian rows being zero) stays on the elements marked 1.
   """
   if not 1 <= k <= steps:
     raise ValueError(f"k: {k!r} is not accepted; give 1 <= k <= steps ({steps})")
   flat, hvp = _flat_hvp(loss, params)
   d = flat.shape[0]
   v0 = jax.random.normal(key, (d,), jnp.float32)
+  if mask is not None:
+    v0 = v0 * ravel_pytree(mask)[0]
   basis = jnp.zeros((steps + 1, d), jnp.float32).at[0].set(v0 / jnp.linalg.norm(v0))
 
   def body(i, carry):
@@ -238,7 +251,9 @@ def hessian_trace(loss, params, layers: estimators.Layers, samples: int, key) ->
   """Hutchinson's estimate E[v^T H v], v Rademacher, from `samples` HVPs.
 
   Per layer: E[v_l^T (H v)_l] = tr(H_ll), the cross terms vanishing in
-  expectation, so the same HVPs give every block's trace.
+  expectation, so the same HVPs give every block's trace. The padding of a
+  narrower network embedded in this one adds nothing (its Hessian rows are
+  zero): the estimate is of the narrow network's trace, from other draws.
   """
   grad = jax.grad(loss)
   leaves, treedef = jax.tree.flatten(params)
@@ -391,6 +406,9 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
     loss_i = lambda p, example: example_loss(p, model_state, example)
     mean_loss = lambda p: jnp.mean(jax.vmap(loss_i, in_axes=(None, 0))(p, batch))
     grads = jax.grad(mean_loss)(params)
+    # A narrower net embedded in this one (unit masks): its own elements and units.
+    mask = interventions.real_elements(model, params, model_state)
+    active = (model_state or {}).get(models.ACTIVE_UNITS, {})
     if updates is None:
       updates = jax.tree.map(jnp.zeros_like, params)
     out = {}
@@ -408,22 +426,25 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
     if "update_norm" in wanted:
       out["update_norm"] = both(total_norm(updates), norms(layers, updates))
     if "grad_param_ratio" in wanted:
-      out["grad_param_ratio"] = both(ratio_of_means(network, grads, params)[0],
-                                     ratio_of_means(layers, grads, params))
+      out["grad_param_ratio"] = both(ratio_of_means(network, grads, params, mask)[0],
+                                     ratio_of_means(layers, grads, params, mask))
     if wanted & set(FEATURE):
       feats = model.features(params, model_state, batch[0])
-      pick = {"unit_sign_entropy": lambda f: unit_sign_entropy(f.pre),
-              "dormant_fraction": lambda f: dormant_fraction(f.post, options.tau),
-              "srank": lambda f: srank(f.post, options.delta),
-              "effective_rank": lambda f: effective_rank(f.post)}
+      # srank and effective rank need no mask: zero columns add no singular value.
+      pick = {"unit_sign_entropy": lambda f, u: unit_sign_entropy(f.pre, u),
+              "dormant_fraction": lambda f, u: dormant_fraction(
+                  f.post, options.tau, None if u is None else jnp.tile(u, model.copies)),
+              "srank": lambda f, u: srank(f.post, options.delta),
+              "effective_rank": lambda f, u: effective_rank(f.post)}
+      units = {h: active[h]["units"] if h in active else None for h in hidden}
       for n in FEATURE:
         if n in wanted:
-          out[n] = jnp.stack([pick[n](feats[h]) for h in hidden]).astype(jnp.float32)
+          out[n] = jnp.stack([pick[n](feats[h], units[h]) for h in hidden]).astype(jnp.float32)
     network_vector = state.network_vector
     curvature = options.signals.resolved()
     top = lambda groups, start, key: estimators.top_block_eigenvalues(
         mean_loss, params, groups, start, curvature.curvature, curvature.curvature_steps,
-        curvature.curvature_tol, key=key)
+        curvature.curvature_tol, key=key, mask=mask)
     if "sharpness" in wanted:
       whole = top(network, network_vector, keys[0])
       network_vector = whole.vectors
@@ -432,7 +453,7 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       out["hessian_trace"] = both(trace.total, trace.per_layer)
     if "top_eigenvalues" in wanted:
       out["top_eigenvalues"] = top_eigenvalues(mean_loss, params, options.top_k,
-                                               options.lanczos_steps, keys[2])
+                                               options.lanczos_steps, keys[2], mask)
     if "hessian_rank" in wanted:
       k = min(options.rank_examples, jax.tree.leaves(batch)[0].shape[0])
       few = jax.tree.map(lambda a: a[:k], batch)
@@ -452,11 +473,12 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
       step, agg = signals_lib.layer_step(curvature.effective_step, layers, opt_state, count, m,
                                        grads, updates, learning_rate, momentum,
-                                       normaliser=signals_lib.normaliser_of(curvature))
+                                       normaliser=signals_lib.normaliser_of(curvature),
+                                       mask=mask)
       noise_fn = estimators.dense_noise_fn(loss_i, batch, model.dense_inputs, model_state)
       signals, check = signals_lib.observe(
           signals, layers, params, grads, loss_i, batch, step, agg, keys[3], curvature,
-          gradient_noise=noise_fn)
+          gradient_noise=noise_fn, mask=mask)
       if "sharpness" in wanted:
         out["sharpness"] = both(whole.values[0], check.lam)
       values = {"effective_step": check.alpha, "alpha_g": check.alpha_g,

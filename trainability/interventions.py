@@ -204,6 +204,23 @@ def unit_masks(model: models.Model, params, replace: dict) -> UnitMasks:
   return UnitMasks(incoming, outgoing)
 
 
+def real_elements(model: models.Model, params, model_state):
+  """The network's own parameters under unit masks, or None for a model without them.
+
+  A params-shaped float32 tree: 0 for every parameter of a padding unit (its
+  mask in `model_state[models.ACTIVE_UNITS]` is 0: its incoming weights and
+  bias, and the next layer's kernel rows it feeds), 1 elsewhere. The
+  elements a narrower network embedded in this one has (`trainability.sweep`),
+  for means over them (`estimators.masked_mean`).
+  """
+  active = model_state.get(models.ACTIVE_UNITS) if model_state else None
+  if not active:
+    return None
+  padding = {name: active[name]["units"] == 0 for name in active}
+  return jax.tree.map(lambda t: 1.0 - t.astype(jnp.float32),
+                      unit_masks(model, params, padding).touched)
+
+
 def reset_units(model: models.Model, params, model_state, fresh_params, fresh_model_state,
                 replace: dict):
   """(params, model_state, masks): the units in `replace` re-initialized, outgoing weights 0.

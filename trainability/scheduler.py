@@ -56,6 +56,12 @@ Extra arguments of `update` (keywords):
   `lax.cond` into a select that runs the check on every step; pass `step` from
   an unbatched loop counter to keep checks on schedule. Without it the
   transform counts steps itself (fine under jit without vmap).
+* `element_mask`: optional, a params-shaped tree of 0/1 marking the
+  network's own parameters, 0 for padding: a narrower network run embedded in
+  a wider one with zero padding units (`trainability.sweep`). Adam's means
+  in the effective step are taken over the marked elements only and the
+  curvature directions stay on them, so the checks measure the narrow
+  network. Without it, every element counts.
 
 Every per-layer quantity of the last check is in `state.last` (a `Check`).
 
@@ -230,7 +236,7 @@ def noise_curvature_scheduler(
     )
 
   def update(updates, state, params=None, *, example_loss=None, batch=None,
-             task_step=None, step=None, gradient_noise=None, **extra):
+             task_step=None, step=None, gradient_noise=None, element_mask=None, **extra):
     del extra  # arguments for other transforms of a chain
     if params is None:
       raise ValueError("params: noise_curvature_scheduler needs params in update()")
@@ -247,20 +253,21 @@ def noise_curvature_scheduler(
 
     def run_check(state):
       return _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
-                    gradient_noise)
+                    gradient_noise, element_mask)
 
     state = jax.lax.cond(due, run_check, lambda s: s, state)
     return scaled, state
 
   def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
-             gradient_noise):
+             gradient_noise, element_mask):
     key, measure_key = jax.random.split(state.key)
     step, agg = layer_step(settings.effective_step, layers, state.inner, state.count,
                            state.multiplier, grads, scaled, learning_rate, momentum,
-                           normaliser=normaliser_of(settings))
+                           normaliser=normaliser_of(settings), mask=element_mask)
     signals, m = observe(
         Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
-        example_loss, batch, step, agg, measure_key, settings, gradient_noise=gradient_noise)
+        example_loss, batch, step, agg, measure_key, settings, gradient_noise=gradient_noise,
+        mask=element_mask)
     in_warm_window = (
         jnp.bool_(False) if task_step is None or steps_per_task is None
         else jnp.asarray(task_step) < warm_fraction * steps_per_task)

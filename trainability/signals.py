@@ -158,7 +158,8 @@ def init_signals(params, layers: estimators.Layers, window: int, key) -> Signals
 
 
 def observe(signals: Signals, layers, params, grads, example_loss, batch, step, agg, key,
-            settings: SignalSettings = DEFAULTS, gradient_noise=None) -> tuple[Signals, Check]:
+            settings: SignalSettings = DEFAULTS, gradient_noise=None,
+            mask=None) -> tuple[Signals, Check]:
   """One observation of every per-layer noise-curvature quantity (no decision).
 
   `step`, `agg`: (G,) the layers' effective steps and sharpness normalisers
@@ -169,7 +170,11 @@ def observe(signals: Signals, layers, params, grads, example_loss, batch, step, 
   mode's curvature signal (`curvature_signal`) in the window and forms Vol and
   the thresholds. The returned Check has step 0, multiplier 1 and no
   cool/warm decision; the scheduler fills those in. Shared with the
-  diagnostics (`indicators`).
+  diagnostics (`indicators`). `mask` (params-shaped, 0/1): the elements of
+  the network, 0 for the padding of a narrower one embedded in it
+  (`trainability.sweep`); the curvature directions stay on the elements
+  marked 1. The noise statistics are sums, which padding (zero gradient)
+  leaves unchanged.
   """
   settings = settings.resolved()
   if gradient_noise is None:
@@ -179,7 +184,7 @@ def observe(signals: Signals, layers, params, grads, example_loss, batch, step, 
   mean_loss = lambda p: jnp.mean(jax.vmap(example_loss, in_axes=(None, 0))(p, batch))
   eigen = estimators.top_block_eigenvalues(
       mean_loss, params, layers, signals.eigenvectors, settings.curvature,
-      settings.curvature_steps, settings.curvature_tol, key=key)
+      settings.curvature_steps, settings.curvature_tol, key=key, mask=mask)
   lam = eigen.values
   value = curvature_signal(settings, lam, agg, step)
   size = signals.window.shape[0]
@@ -220,7 +225,7 @@ def normaliser_of(settings: SignalSettings) -> str:
 
 
 def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
-               learning_rate=None, momentum=None, normaliser="layer"):
+               learning_rate=None, momentum=None, normaliser="layer", mask=None):
   """(alpha (G,), alpha_agg (G,)): each layer's effective step, and the sharpness normaliser.
 
   kind: "adam", "adam_elementwise" (read from the Adam moments in
@@ -232,6 +237,10 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
   normaliser "global", the reference code's one value for every layer, the
   first layer's rate over (sqrt(mean of the raw second moments of all
   parameters) + eps), no bias correction (`global_adam_normaliser`).
+  `mask` (params-shaped, 0/1): Adam's means are taken over the elements
+  marked 1 only (the network's own, when a narrower one runs embedded in a
+  wider one); the SGD and generic steps need none (padding adds nothing to
+  their sums).
   """
   if kind == "auto":
     kind = "adam" if find_state(opt_state, optax.ScaleByAdamState) is not None else "generic"
@@ -249,10 +258,11 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
     b1, b2 = hparams.get("b1", 0.9), hparams.get("b2", 0.999)
     eps = hparams.get("eps", 1e-8)
     alpha, agg = adam_effective_step(layers, adam.nu, adam.count, eta * multiplier,
-                                     b1, b2, eps, elementwise=kind == "adam_elementwise")
+                                     b1, b2, eps, elementwise=kind == "adam_elementwise",
+                                     mask=mask)
     if normaliser == "global":
       agg = jnp.full_like(agg, global_adam_normaliser(adam.nu, adam.count, eta * multiplier[0],
-                                                      eps))
+                                                      eps, mask))
     return alpha, agg
   if kind == "sgd":
     m = hparams.get("momentum", momentum)
@@ -264,17 +274,21 @@ def layer_step(kind, layers, opt_state, count, multiplier, grads, updates,
   return step, jnp.ones_like(step)
 
 
-def global_adam_normaliser(nu, count, eta, eps):
+def global_adam_normaliser(nu, count, eta, eps, mask=None):
   """The reference code's alpha_agg: eta / (sqrt(mean of all raw second moments) + eps).
 
   One mean over every element of every parameter (biases included), with no
   bias correction; eta is the first layer's rate (the reference's group 0:
   its input layer; here the first of `Layers.names`, which is the input layer
   for the library's models, hidden_0 or conv_0). Before the first update
-  (no moments yet) it is eta, as in the reference code.
+  (no moments yet) it is eta, as in the reference code. `mask`: the mean is
+  over the elements marked 1.
   """
-  total = sum(jnp.sum(v) for v in jax.tree.leaves(nu))
-  size = sum(v.size for v in jax.tree.leaves(nu))
+  total = sum(jnp.sum(v) for v in jax.tree.leaves(estimators.apply_mask(nu, mask)))
+  if mask is None:
+    size = sum(v.size for v in jax.tree.leaves(nu))
+  else:
+    size = sum(jnp.sum(m) for m in jax.tree.leaves(mask))
   started = jnp.max(jnp.stack([jnp.max(c) for c in jax.tree.leaves(count)])) > 0
   return jnp.where(started, eta / (jnp.sqrt(total / size + 1e-16) + eps), eta)
 
@@ -292,7 +306,14 @@ def find_state(tree, kind):
   return found[0] if found else None
 
 
-def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False):
+def _per_leaf(f, tree, mask, *more):
+  """jax.tree.map(f, tree, mask, *more), with `mask` None for every leaf when None."""
+  if mask is None:
+    return jax.tree.map(lambda x, *rest: f(x, None, *rest), tree, *more)
+  return jax.tree.map(f, tree, mask, *more)
+
+
+def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False, mask=None):
   """Adam's per-layer effective step over the layer's kernels, and alpha_agg.
 
   eta: (G,) the layer's learning rate (base rate times multiplier).
@@ -304,43 +325,49 @@ def adam_effective_step(layers, nu, count, eta, b1, b2, eps, elementwise=False):
   `count` is Adam's step count, or a tree of per-element counts shaped like
   `nu` (`optim.scale_by_adam_per_element`): then the bias corrections are per
   element and an element that has not been updated since its reset counts 0.
+  `mask` (shaped like nu, 0/1): every mean over elements is taken over the
+  elements marked 1 (`estimators.masked_mean`).
   """
+  mean = estimators.masked_mean
   if jax.tree.structure(count) == jax.tree.structure(nu) and jax.tree.leaves(count)[0].ndim:
-    return _adam_effective_step_per_element(layers, nu, count, eta, b1, b2, eps, elementwise)
+    return _adam_effective_step_per_element(layers, nu, count, eta, b1, b2, eps, elementwise,
+                                            mask)
   t = jnp.asarray(count, jnp.float32)
   started = t > 0
   bc1 = jnp.where(started, 1 - b1**t, 1.0)
   bc2 = jnp.where(started, 1 - b2**t, 1.0)
-  of_mean = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(jnp.mean(v) / bc2) + eps), nu)
+  of_mean = _per_leaf(lambda v, m: 1.0 / (jnp.sqrt(mean(v, m) / bc2) + eps), nu, mask)
   agg = estimators.per_layer_mean(layers, of_mean, layers.is_weight)
   inverse_scale = agg
   if elementwise:
-    per_element = jax.tree.map(lambda v: jnp.mean(1.0 / (jnp.sqrt(v / bc2) + eps)), nu)
+    per_element = _per_leaf(lambda v, m: mean(1.0 / (jnp.sqrt(v / bc2) + eps), m), nu, mask)
     inverse_scale = estimators.per_layer_mean(layers, per_element, layers.is_weight)
   alpha = jnp.where(started, eta * inverse_scale / bc1, 0.0)
   return alpha, jnp.where(started, eta * agg, 0.0)
 
 
-def _adam_effective_step_per_element(layers, nu, counts, eta, b1, b2, eps, elementwise):
+def _adam_effective_step_per_element(layers, nu, counts, eta, b1, b2, eps, elementwise, mask):
   """adam_effective_step with one count per element (same values for equal counts)."""
   def corrections(t):
     t = t.astype(jnp.float32)
     started = t > 0
     return (started, jnp.where(started, 1 - b1**t, 1.0), jnp.where(started, 1 - b2**t, 1.0))
 
-  def of_mean(v, t):
-    _, _, bc2 = corrections(t)
-    return 1.0 / (jnp.sqrt(jnp.mean(v / bc2)) + eps)
+  mean = estimators.masked_mean
 
-  def step(v, t):
+  def of_mean(v, m, t):
+    _, _, bc2 = corrections(t)
+    return 1.0 / (jnp.sqrt(mean(v / bc2, m)) + eps)
+
+  def step(v, m, t):
     started, bc1, bc2 = corrections(t)
     inv_bc1 = jnp.where(started, 1.0 / bc1, 0.0)
     if elementwise:
-      return jnp.mean(inv_bc1 / (jnp.sqrt(v / bc2) + eps))
-    return jnp.mean(inv_bc1) * of_mean(v, t)
+      return mean(inv_bc1 / (jnp.sqrt(v / bc2) + eps), m)
+    return mean(jnp.broadcast_to(inv_bc1, v.shape), m) * of_mean(v, m, t)
 
-  agg = estimators.per_layer_mean(layers, jax.tree.map(of_mean, nu, counts), layers.is_weight)
-  alpha = estimators.per_layer_mean(layers, jax.tree.map(step, nu, counts), layers.is_weight)
+  agg = estimators.per_layer_mean(layers, _per_leaf(of_mean, nu, mask, counts), layers.is_weight)
+  alpha = estimators.per_layer_mean(layers, _per_leaf(step, nu, mask, counts), layers.is_weight)
   started = estimators.per_layer_sum(
       layers, jax.tree.map(lambda t: jnp.max(t).astype(jnp.float32), counts)) > 0
   return eta * alpha, jnp.where(started, eta * agg, 0.0)

@@ -178,10 +178,11 @@ def not_embeddable(config) -> str | None:
   """Why narrower widths of `config` cannot run masked inside the widest; None if they can.
 
   Embedding is exact when every padding unit keeps zero weights and zero
-  gradients and nothing averages over units: no norm layer, nothing that
-  draws a fresh initialization (resets, shrink and perturb, unit resets), no
-  penalty on the distribution of the weights, and no scheduler or indicators
-  (their per-layer means would count the padding).
+  gradients and every mean over units or elements leaves the padding out: no
+  norm layer (it averages over all units), nothing that draws a fresh
+  initialization (resets, shrink and perturb, unit resets) and no penalty on
+  the distribution of the weights. The scheduler and the indicators take
+  their means over the network's own elements (`interventions.real_elements`).
   """
   reasons = [
       (config.norm != "none", f"norm {config.norm!r}"),
@@ -190,8 +191,6 @@ def not_embeddable(config) -> str | None:
       (config.shrink_perturb != "none", f"shrink_perturb {config.shrink_perturb!r}"),
       (config.unit_reset != "none", f"unit_reset {config.unit_reset!r}"),
       (config.regularizer not in ("none", "l2_init"), f"regularizer {config.regularizer!r}"),
-      (config.scheduler != "none", f"scheduler {config.scheduler!r}"),
-      (config.indicators != "none", f"indicators {config.indicators!r}"),
   ]
   found = [why for bad, why in reasons if bad]
   return ", ".join(found) or None

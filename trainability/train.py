@@ -269,9 +269,12 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
       noise_fn = _data_noise_fn(
           estimators.dense_noise_fn(loss_i, (x, y), model.dense_inputs, model_state),
           loss_i, (x, y), data_grads)
+      # A narrower net embedded in this one (unit masks): the scheduler's means are its own.
+      mask = interventions.real_elements(model, params, model_state)
+      embedded = {} if mask is None else {"element_mask": mask}
       updates, new_opt_state = tx.update(
           grads, opt_state, params, example_loss=loss_i, batch=(x, y), task_step=task_step,
-          step=task_step, gradient_noise=noise_fn)
+          step=task_step, gradient_noise=noise_fn, **embedded)
       after = comp.Step(
           optax.apply_updates(params, updates), new_model_state, new_opt_state, updates,
           data_grads, params, model_state, (x, y), task_data, task_step,
