@@ -435,3 +435,55 @@ def test_fresh_draw_curvature_of_an_embedded_net_estimates_the_narrow_nets():
   off = hessian - np.diag(np.diag(hessian))
   error = np.sqrt(2 * np.sum(off**2) / samples)
   assert abs(float(trace) - np.trace(hessian)) < 4 * error + 1e-4
+
+
+# --- Jacobian conditioning -----------------------------------------------------
+
+def test_jacobian_sigma_min_matches_the_svd_of_the_dense_jacobian():
+  """sigma_min of the output Jacobian, whole network and per layer, by the dense
+  and the generic path, against numpy's SVD of the dense Jacobian (float64) at a
+  trained state: in float32 to within eps kappa^2 where sigma_min is above the
+  floor (1e-3 sigma_max: the Gram squares the condition number), and to 1e-6 in float64
+  (jax_enable_x64). A layer with fewer parameters than rows has sigma_min 0."""
+  (model, params, state, _), _, (x, _), _, _ = _embedded_pair("tanh", 12, 16)
+  layers = estimators.layers_of(params)
+  logits_fn = lambda p, inputs: model.apply(p, state, inputs)[0]
+  sizes = {name: jax.flatten_util.ravel_pytree(params[name])[0].size for name in layers.names}
+  assert sizes == {"hidden_0": 780, "hidden_1": 156, "output": 130}
+
+  def svd(n):
+    """(sigma_min, sigma_max) of the network's and each layer's Jacobian block."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    jacobian = np.asarray(jax.jacrev(lambda v: logits_fn(unravel(v), x[:n]).reshape(-1))(flat),
+                          np.float64)
+    blocks, start = [jacobian], 0
+    for name in layers.names:  # ravel_pytree's order: sorted keys
+      blocks.append(jacobian[:, start:start + sizes[name]])
+      start += sizes[name]
+    values = [np.linalg.svd(b, compute_uv=False) for b in blocks]
+    # Over J's rows: 0 when there are fewer columns than rows.
+    return (np.array([v[-1] if b.shape[1] >= b.shape[0] else 0.0
+                      for v, b in zip(values, blocks)]), np.array([v[0] for v in values]))
+
+  def both_paths(p, xs):
+    dense = indicators.jacobian_sigma_min(logits_fn, p, xs, layers,
+                                          model.dense_inputs(p, state, xs))
+    return dense, indicators.jacobian_sigma_min(logits_fn, p, xs, layers)
+
+  # 14 examples: 140 rows, more than the output layer's 130 parameters.
+  for n, zero in ((3, [False] * 4), (14, [False, False, False, True])):
+    low, high = svd(n)
+    assert list(low == 0) == zero
+    resolved = low > 1e-3 * high
+    # float32 rounding of the Gram moves sigma_min by about eps kappa^2 of itself.
+    tolerance = 1e-4 + 5e-7 * (high / np.where(resolved, low, 1.0)) ** 2
+    for got in jax.jit(both_paths)(params, x[:n]):
+      got = np.asarray(got)
+      assert np.all(np.abs(got - low)[resolved] <= (tolerance * low)[resolved]), (got, low)
+      assert np.all(got[~resolved] < 1e-3 * high[~resolved])
+    with jax.enable_x64(True):
+      wide = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+      for got in jax.jit(both_paths)(wide, jnp.asarray(x[:n], jnp.float64)):
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), low, rtol=1e-6, atol=1e-7 * high.max())
+  assert not resolved.all()  # the float32 floor matters here: a layer below it

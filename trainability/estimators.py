@@ -225,6 +225,57 @@ def dense_gradient_gram(example_loss, params, batch, inputs) -> jax.Array:
   return gram
 
 
+def output_jacobian_grams(logits_fn, params, x, layers: Layers, dense_inputs=None) -> jax.Array:
+  """(G, N C, N C): each layer's J_l J_l^T, J_l the Jacobian of the N x C outputs
+  `logits_fn(params, x)` with respect to that layer's parameters.
+
+  The empirical neural tangent kernel of each layer on the N examples of `x`
+  (rows example-major: i C + c); their sum over layers is the whole network's
+  J J^T. Generic path: the rows of J from one vmapped pullback of the N C unit
+  cotangents, N C x P numbers in memory. Dense path (`dense_inputs`, the
+  layers' inputs {layer: (N, fan_in)}, for a network of dense layers whose
+  examples do not interact): row (i, c) of a dense layer's Jacobian is
+  a_i (x) delta_ic and delta_ic for its bias, so J_l J_l^T =
+  (a_i . a_j + 1)(delta_ic . delta_jc'), from the N x C x units output deltas
+  (a vmapped Jacobian with respect to the biases only): N^2 fan_in + (N C)^2 units
+  multiply-adds per layer and no N C x P array.
+  """
+  if dense_inputs is not None:
+    deltas = dense_output_deltas(logits_fn, params, x)
+    grams = []
+    for name in layers.names:
+      n, c, units = deltas[name].shape
+      a = dense_inputs[name].reshape(n, -1)
+      inputs = jnp.repeat(jnp.repeat(a @ a.T + 1.0, c, 0), c, 1)
+      d = deltas[name].reshape(n * c, units)
+      grams.append(inputs * (d @ d.T))
+    return jnp.stack(grams)
+  outputs, pullback = jax.vjp(lambda p: logits_fn(p, x).reshape(-1), params)
+  rows = outputs.shape[0]
+  (jacobian,) = jax.vmap(pullback)(jnp.eye(rows, dtype=outputs.dtype))
+  products = jax.tree.map(lambda j: (lambda m: m @ m.T)(j.reshape(rows, -1)), jacobian)
+  grams = jnp.zeros((layers.count, rows, rows), outputs.dtype)
+  for i, product in zip(jax.tree.leaves(layers.index), jax.tree.leaves(products)):
+    grams = grams.at[i].add(product)
+  return grams
+
+
+def dense_output_deltas(logits_fn, params, x) -> dict:
+  """{layer: (N, C, units)} d output_c(x_i) / d bias of each dense layer.
+
+  The per-example, per-output gradients of the biases, from one vmapped
+  Jacobian with respect to the biases only; params as in `dense_gradient_noise`.
+  """
+  flat = {name: dict(_flatten_layer(layer)) for name, layer in params.items()}
+  biases = {name: flat[name]["bias"] for name in params}
+
+  def outputs(b, xi):
+    with_biases = {name: _replace_bias(params[name], b[name]) for name in params}
+    return logits_fn(with_biases, xi[None])[0]
+
+  return jax.vmap(jax.jacrev(outputs), in_axes=(None, 0))(biases, x)
+
+
 def _flatten_layer(layer):
   """(kind, leaf) for a dense layer's kernel and bias, possibly one level down."""
   for key, value in layer.items():

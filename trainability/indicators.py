@@ -27,6 +27,13 @@ host round trips. Three kinds:
   (Hutchinson, per layer and total), `hessian_rank_proxy` (the reference
   code's: k single-example gradients, 99% of the spectrum mass of G G^T) and
   `exact_hessian_rank` (from the dense `jax.hessian`, small nets only).
+* Jacobian conditioning (a function, not yet in the suite: issue 13):
+  `jacobian_sigma_min`, the smallest singular value of the Jacobian J of the
+  network's outputs (N probe examples x C logits) with respect to its
+  parameters, sqrt(lambda_min(J J^T)), the empirical
+  NTK's smallest eigenvalue; for the whole network and each layer's own
+  parameters. 0 whenever a layer has fewer parameters than N C: its NTK is
+  singular (Zhang et al. 2021, "fewer than n neurons can work").
 """
 
 from __future__ import annotations
@@ -42,13 +49,13 @@ from trainability.components import Component
 from trainability.settings import ConfigError, Integer, Number, Predicate, Setting, by_name
 from trainability.signals import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
 
-# The trainability indicators, in recording order.
-INDICATORS = (
-    "weight_norm", "gradient_norm", "update_norm", "grad_param_ratio",         # parameters
-    "unit_sign_entropy", "dormant_fraction", "srank", "effective_rank",        # features
-    "sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank",           # curvature
-    "effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde",  # noise-curvature
-    "crossed")
+# The trainability indicators by kind; INDICATORS is their recording order.
+PARAMETER = ("weight_norm", "gradient_norm", "update_norm", "grad_param_ratio")
+FEATURE = ("unit_sign_entropy", "dormant_fraction", "srank", "effective_rank")
+CURVATURE = ("sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank")
+# The noise-curvature signals of method.md section 3 (signals_lib.observe).
+SIGNALS = ("effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde", "crossed")
+INDICATORS = PARAMETER + FEATURE + CURVATURE + SIGNALS
 
 
 def indicator_names(text: str) -> tuple[str, ...]:
@@ -196,6 +203,36 @@ def sharpness(loss, params, start, steps: int = SIGNAL_DEFAULTS.curvature_steps,
                                           steps, settings.curvature_tol, key=key, mask=mask)
 
 
+def smallest_singular_value(gram) -> jax.Array:
+  """sigma_min(J) = sqrt(lambda_min(J J^T)) from the Gram matrix J J^T (k x k).
+
+  The smallest singular value over J's k rows: 0 when J has fewer columns
+  than rows. From a float32 Gram, values below about
+  sqrt(1e-7 lambda_max) are rounding noise (the Gram squares J's condition
+  number); compute in float64 (jax_enable_x64) to resolve smaller ones.
+  """
+  eigenvalues = jnp.linalg.eigvalsh((gram + gram.T) / 2)
+  return jnp.sqrt(jnp.maximum(eigenvalues[0], 0.0))
+
+
+def jacobian_sigma_min(logits_fn, params, x, layers: estimators.Layers,
+                       dense_inputs=None) -> jax.Array:
+  """(1 + G,) sigma_min of the output Jacobian: whole network, then each layer.
+
+  logits_fn(params, x) -> (N, C). J has N C rows; the layers' NTKs
+  (`estimators.output_jacobian_grams`, by the dense path when `dense_inputs`
+  is given) sum to the network's. Cost: the Grams (generic: N C
+  vector-Jacobian products and N C x P numbers; dense: N^2 fan_in +
+  (N C)^2 units per layer) and G + 1 symmetric eigendecompositions of
+  N C x N C, O((N C)^3) each.
+  """
+  grams = estimators.output_jacobian_grams(logits_fn, params, x, layers, dense_inputs)
+  # One eigendecomposition per matrix: a batched (vmapped) eigvalsh inside the
+  # compiled run, sharded over several CPU devices, deadlocked XLA:CPU here.
+  return jnp.stack([smallest_singular_value(jnp.sum(grams, 0))]
+                   + [smallest_singular_value(gram) for gram in grams])
+
+
 def _flat_hvp(loss, params):
   flat, unravel = ravel_pytree(params)
   grad = lambda x: ravel_pytree(jax.grad(loss)(unravel(x)))[0]
@@ -312,8 +349,6 @@ def exact_hessian_rank(loss, params, mass: float = 0.99, tol: float = 1e-6) -> E
 # state carried from one evaluation to the next) and `indicators` (one shot).
 
 NAMES = INDICATORS
-PARAMETER, FEATURE, CURVATURE = NAMES[:4], NAMES[4:8], NAMES[8:12]
-SIGNALS = NAMES[12:]  # the noise-curvature signals of method.md section 3 (signals_lib.observe)
 
 
 class Options(NamedTuple):
