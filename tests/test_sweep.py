@@ -188,7 +188,7 @@ def test_sweep_command_writes_one_tidy_table_equal_to_separate_runs(tmp_path, ca
     assert float(a["loss"]) == pytest.approx(b["loss"], abs=1e-5)
 
 
-def test_interrupted_sweep_resumes_to_the_same_table(tmp_path, monkeypatch):
+def test_interrupted_sweep_resumes_to_the_same_table(tmp_path, monkeypatch, capsys):
   args = [*TINY, "--grid", "depth=1,2", "--grid", "lr=1e-3,1e-2", "--checkpoint-every", "1"]
   whole, broken = tmp_path / "whole", tmp_path / "broken"
   assert cli.main(["sweep", *args, "--out", str(whole)]) == 0
@@ -208,4 +208,7 @@ def test_interrupted_sweep_resumes_to_the_same_table(tmp_path, monkeypatch):
   assert len(_read(broken / "sweep.csv")) == (3 + 1) * 2 * 2
   assert cli.main(["sweep", "--resume", str(broken), "--no-progress"]) == 0
   assert (whole / "sweep.csv").read_bytes() == (broken / "sweep.csv").read_bytes()
-  assert cli.main(["sweep", "--resume", str(broken), "--lr", "0.1"]) == 2
+  capsys.readouterr()
+  for flags, flag in ((["--lr", "0.1"], "--lr"), (["--grid", "width=8"], "--grid")):
+    assert cli.main(["sweep", "--resume", str(broken), *flags]) == 2
+    assert f"do not give {flag} with --resume" in capsys.readouterr().err

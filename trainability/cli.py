@@ -211,11 +211,9 @@ def _title(config: Config) -> str:
 def _sweep(args) -> int:
   given = given_config_fields(args)
   if args.resume is not None:
-    extra = sorted(given) + (["grid"] if args.grid else []) + \
-        (["grid_file"] if args.grid_file else []) + (["out"] if args.out else [])
-    if extra:
-      raise ConfigError(f"resume: takes the grid and every setting from {args.resume}/"
-                        f"{sweep_lib.SWEEP_FILE}; do not give --{extra[0].replace('_', '-')}")
+    _refuse_with_resume(args.resume, sweep_lib.SWEEP_FILE, sorted(given) + [
+        name for name, value in (("grid", args.grid), ("grid_file", args.grid_file),
+                                 ("out", args.out)) if value])
     grid, out = sweep_lib.load_grid(args.resume), args.resume
   else:
     base, axes = ({}, {}) if args.grid_file is None else sweep_lib.read_grid_file(args.grid_file)
@@ -263,15 +261,21 @@ def _run_target(args) -> tuple[Config, str, bool]:
     if os.path.exists(os.path.join(out, results.RESULTS_FILE)):
       raise ConfigError(f"out: {out} already holds {results.RESULTS_FILE}; choose another --out")
     return config, out, False
-  if given or args.out is not None:
-    flag = "--" + (sorted(given)[0].replace("_", "-") if given else "out")
-    raise ConfigError(f"resume: takes every setting from {args.resume}/{results.CONFIG_FILE}; "
-                      f"do not give {flag} with --resume")
+  _refuse_with_resume(args.resume, results.CONFIG_FILE,
+                      sorted(given) + (["out"] if args.out is not None else []))
   config = _saved_config(args.resume)
   if not config.checkpoint_every:
     raise ConfigError(f"resume: {args.resume} was run without --checkpoint-every, so it has "
                       "no checkpoints to resume from")
   return config, args.resume, True
+
+
+def _refuse_with_resume(resume_dir: str, saved_file: str, given: list[str]) -> None:
+  """A one-line error naming the first flag in `given`: --resume takes every setting
+  from `saved_file` in `resume_dir`, so any other would be ignored."""
+  if given:
+    raise ConfigError(f"resume: takes every setting from {resume_dir}/{saved_file}; "
+                      f"do not give --{given[0].replace('_', '-')} with --resume")
 
 
 def _saved_config(run_dir: str) -> Config:

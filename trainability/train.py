@@ -245,6 +245,10 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
         state.params, state.model_state, state.opt_state, task_data, task_key, state.init_key,
         tx.init))
     valid_steps = jnp.sum(example_weight).astype(jnp.int32) // batch
+    # A narrower net embedded in this one (unit masks, fixed for the run): the
+    # scheduler's means are over its own elements.
+    mask = interventions.real_elements(model, boundary.params, boundary.model_state)
+    embedded = {} if mask is None else {"element_mask": mask}
     shuffle_key = jax.random.fold_in(state.shuffle_key, t)
 
     def epoch(carry, e):
@@ -269,9 +273,6 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
       noise_fn = _data_noise_fn(
           estimators.dense_noise_fn(loss_i, (x, y), model.dense_inputs, model_state),
           loss_i, (x, y), data_grads)
-      # A narrower net embedded in this one (unit masks): the scheduler's means are its own.
-      mask = interventions.real_elements(model, params, model_state)
-      embedded = {} if mask is None else {"element_mask": mask}
       updates, new_opt_state = tx.update(
           grads, opt_state, params, example_loss=loss_i, batch=(x, y), task_step=task_step,
           step=task_step, gradient_noise=noise_fn, **embedded)
