@@ -201,14 +201,19 @@ def dense_deltas(example_loss, params, batch) -> dict:
   inputs a_i they give every per-example kernel gradient a_i delta_i^T
   without forming it. params as in `dense_gradient_noise`.
   """
-  flat = {name: dict(_flatten_layer(layer)) for name, layer in params.items()}
-
-  def with_biases(biases):
-    return {name: _replace_bias(params[name], biases[name]) for name in params}
-
-  biases = {name: flat[name]["bias"] for name in params}
+  biases, with_biases = _bias_view(params)
   return jax.vmap(jax.grad(lambda b, example: example_loss(with_biases(b), example)),
                   in_axes=(None, 0))(biases, batch)
+
+
+def _bias_view(params):
+  """({layer: bias}, biases -> params with those biases) of a dense network's params."""
+  biases = {name: dict(_flatten_layer(layer))["bias"] for name, layer in params.items()}
+
+  def with_biases(new):
+    return {name: _replace_bias(params[name], new[name]) for name in params}
+
+  return biases, with_biases
 
 
 def dense_gradient_gram(example_loss, params, batch, inputs) -> jax.Array:
@@ -266,12 +271,10 @@ def dense_output_deltas(logits_fn, params, x) -> dict:
   The per-example, per-output gradients of the biases, from one vmapped
   Jacobian with respect to the biases only; params as in `dense_gradient_noise`.
   """
-  flat = {name: dict(_flatten_layer(layer)) for name, layer in params.items()}
-  biases = {name: flat[name]["bias"] for name in params}
+  biases, with_biases = _bias_view(params)
 
   def outputs(b, xi):
-    with_biases = {name: _replace_bias(params[name], b[name]) for name in params}
-    return logits_fn(with_biases, xi[None])[0]
+    return logits_fn(with_biases(b), xi[None])[0]
 
   return jax.vmap(jax.jacrev(outputs), in_axes=(None, 0))(biases, x)
 
