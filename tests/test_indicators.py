@@ -328,16 +328,17 @@ def test_suite_uses_the_dense_paths_and_the_generic_ones_agree():
 
 # --- A narrower net embedded in a wider one (trainability.sweep) ---------------
 
-def _embedded_pair(activation="crelu", narrow_width=6, wide_width=10, steps=60):
-  """A small MLP of `narrow_width` after `steps` Adam steps on random labels, and
-  the same net embedded in one of `wide_width` with unit masks: (narrow, wide),
-  each (model, params, model_state, opt_state), plus the batch and the loss."""
+def _embedded_pair(activation="crelu", narrow_width=6, wide_width=10, steps=2000):
+  """A small MLP of `narrow_width` after `steps` Adam steps (minibatches of 24 of
+  480 random-label examples), and the same net embedded in one of `wide_width`
+  with unit masks: (narrow, wide), each (model, params, model_state,
+  opt_state), plus a fresh batch of 24 (not trained on) and the loss."""
   from trainability import Config, models, sweep
   config = Config(width=narrow_width, depth=2, activation=activation)
   models_ = (models.make_model(config, (8, 8, 1), 10),
              models.make_model(config.replace(width=wide_width), (8, 8, 1), 10, unit_masks=True))
-  x = jax.random.normal(jax.random.key(1), (24, 8, 8, 1))
-  y = jax.random.randint(jax.random.key(2), (24,), 0, 10)
+  x = jax.random.normal(jax.random.key(1), (480 + 24, 8, 8, 1))
+  y = jax.random.randint(jax.random.key(2), (480 + 24,), 0, 10)
 
   def example_loss(model):
     def loss(p, model_state, example):
@@ -352,14 +353,17 @@ def _embedded_pair(activation="crelu", narrow_width=6, wide_width=10, steps=60):
   opt_state = tx.init(params)
   loss = example_loss(narrow)
 
-  @jax.jit
-  def step(params, opt_state):
-    mean = lambda p: jnp.mean(jax.vmap(loss, (None, None, 0))(p, state, (x, y)))
+  def step(i, carry):
+    params, opt_state = carry
+    start = (i * 24) % 480  # 20 minibatches; the last 24 examples stay unseen
+    batch = (jax.lax.dynamic_slice_in_dim(x, start, 24),
+             jax.lax.dynamic_slice_in_dim(y, start, 24))
+    mean = lambda p: jnp.mean(jax.vmap(loss, (None, None, 0))(p, state, batch))
     updates, opt_state = tx.update(jax.grad(mean)(params), opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  for _ in range(steps):  # a trained state, not the initialization
-    params, opt_state = step(params, opt_state)
+  # A trained state, not the initialization.
+  params, opt_state = jax.jit(lambda c: jax.lax.fori_loop(0, steps, step, c))((params, opt_state))
   wide = models_[1]
   like = jax.eval_shape(lambda: (wide.init(jax.random.key(0))[0],
                                  tx.init(wide.init(jax.random.key(0))[0])))
@@ -371,7 +375,7 @@ def _embedded_pair(activation="crelu", narrow_width=6, wide_width=10, steps=60):
       name: {"units": (jnp.arange(wide_width) < narrow_width).astype(jnp.float32)}
       for name in ("hidden_0", "hidden_1")}}
   return ((narrow, params, state, opt_state), (wide, wide_params, wide_state, wide_opt),
-          (x, y), example_loss, lay)
+          (x[480:], y[480:]), example_loss, lay)
 
 
 def test_indicators_of_an_embedded_net_are_the_narrow_nets():
