@@ -98,6 +98,6 @@ def test_indicator_cost_quick_run_prints_every_indicator(capsys, monkeypatch):
   spec.loader.exec_module(module)
   assert module.main(["--quick", "--alone", "srank,sharpness"]) == 0
   out = capsys.readouterr().out
-  assert "one full indicator pass (all 19)" in out
+  assert "one full indicator pass (all 20)" in out
   assert "  srank " in out and "  sharpness " in out and "  weight_norm " not in out
   assert "run-time ratio with indicators / without: " in out

@@ -181,3 +181,24 @@ def test_baseline_flags_reach_the_config():
   assert (args.unit_reset, args.replacement_rate, args.maturity) == ("cbp", 0.01, 50)
   assert (args.regularizer, args.reg_coef) == ("wasserstein", 0.01)
   assert (args.shrink_perturb, args.perturb_noise, args.activation) == ("task", "init", "fourier")
+
+
+def test_matrix_indicators_finish_with_two_seeds_on_each_of_two_cpu_devices(tmp_path):
+  """A batched LAPACK call (eigvalsh, svd) inside a run sharded over several CPU
+  devices never returned (jax 0.10.2: `estimators._one_matrix_at_a_time`). Here
+  the 160 x 160 Jacobian Grams, the Hessian-rank Gram, the Lanczos tridiagonal and
+  srank's SVD run with 2 seeds per device, in a subprocess that a hang cannot stall."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
+  command = [sys.executable, "-m", "trainability.cli", "run", "--subset", "100", "--tasks", "2",
+             "--epochs", "1", "--batch-size", "20", "--width", "16", "--depth", "1",
+             "--seeds", "4", "--indicators", "srank,sharpness,hessian_rank,jacobian_sigma_min",
+             "--indicator-every", "5", "--no-progress", "--out", str(tmp_path / "run")]
+  try:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+  except subprocess.TimeoutExpired:
+    pytest.fail("the run hung (LAPACK inside a sharded program)")
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = report.read_indicator_rows(str(tmp_path / "run" / report.INDICATORS_FILE))
+  sigma = [r for r in rows if r["indicator"] == "jacobian_sigma_min"]
+  assert {r["seed"] for r in sigma} == {0, 1, 2, 3}
+  assert {r["column"] for r in sigma} == {"network", "hidden_0", "output"}

@@ -197,3 +197,20 @@ def test_only_plain_mlps_offer_dense_inputs():
   assert models.make_model(Config(), (8, 8, 1), 10).dense_inputs is not None
   assert models.make_model(Config(norm="layernorm"), (8, 8, 1), 10).dense_inputs is None
   assert models.make_model(Config(model="cnn"), (8, 8, 1), 10).dense_inputs is None
+
+
+def test_one_matrix_at_a_time_decompositions_equal_the_batched_ones():
+  """estimators.eigh / eigvalsh / singular_values: LAPACK one matrix per call, for a
+  stacked (2, 3, n, n) array and under vmap, equal to jnp.linalg's batched calls."""
+  a = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))
+  sym = (a + jnp.swapaxes(a, -1, -2)) / 2
+  values, vectors = estimators.eigh(sym)
+  np.testing.assert_allclose(values, jnp.linalg.eigh(sym)[0], rtol=1e-5, atol=1e-5)
+  # Eigenvectors up to sign: A V = V diag(w).
+  np.testing.assert_allclose(sym @ vectors, vectors * values[..., None, :], atol=1e-4)
+  np.testing.assert_allclose(jax.jit(jax.vmap(estimators.eigvalsh))(sym),
+                             jnp.linalg.eigvalsh(sym), rtol=1e-5, atol=1e-5)
+  rect = a[..., :4]
+  np.testing.assert_allclose(jax.jit(jax.vmap(jax.vmap(estimators.singular_values)))(rect),
+                             jnp.linalg.svd(rect, compute_uv=False), rtol=1e-5, atol=1e-5)
+  assert estimators.eigvalsh(sym[0, 0]).shape == (6,)

@@ -85,7 +85,7 @@ def test_indicator_report_ranks_every_indicator_column(tmp_path, monkeypatch):
                "--out", str(tmp_path), "--name", "r"])
   rows = _rows(tmp_path / "r.csv")
   indicators = {r["indicator"] for r in rows}
-  assert "rho_hat" in indicators and "srank" in indicators and len(indicators) == 19
+  assert "rho_hat" in indicators and "srank" in indicators and len(indicators) == 20
   assert all(int(r["n"]) == 2 * 3 and int(r["n_next"]) == 2 * 2 for r in rows)
   assert (tmp_path / "r.png").stat().st_size > 10_000
   assert (tmp_path / "r.md").read_text().count("\n| ") >= len(rows)

@@ -293,6 +293,33 @@ def _replace_bias(layer, bias):
           for k, v in layer.items()}
 
 
+def _one_matrix_at_a_time(decomposition):
+  """`decomposition` of a (..., n, m) stack as a loop over single matrices.
+
+  XLA:CPU runs a batched LAPACK call (a leading batch axis, or one made by
+  `jax.vmap`) on its intra-op thread pool, and inside a program sharded over
+  several CPU devices (`devices.py`) that call never returned: every thread
+  waited (jax/jaxlib 0.10.2, 2 devices on 2 cores, 2 seeds per device,
+  eigvalsh of 80 x 80 and larger). Looping (`lax.map`, and
+  `sequential_vmap` under vmap) gives LAPACK one matrix per call.
+  """
+  single = jax.custom_batching.sequential_vmap(decomposition)
+
+  def stacked(a):
+    if a.ndim == 2:
+      return single(a)
+    out = jax.lax.map(single, a.reshape((-1,) + a.shape[-2:]))
+    return jax.tree.map(lambda o: o.reshape(a.shape[:-2] + o.shape[1:]), out)
+
+  return stacked
+
+
+# The LAPACK decompositions the estimators and indicators use, one matrix per call.
+eigh = _one_matrix_at_a_time(lambda a: jnp.linalg.eigh(a))
+eigvalsh = _one_matrix_at_a_time(lambda a: jnp.linalg.eigvalsh(a))
+singular_values = _one_matrix_at_a_time(lambda a: jnp.linalg.svd(a, compute_uv=False))
+
+
 def critical_step(noise: GradientNoise) -> jax.Array:
   """alpha*_g = B ||g||^2 / sigma2_ps per layer; UNBOUNDED where there is no noise."""
   return safe_ratio(noise.batch_size * noise.grad_sq, noise.sigma2)
@@ -472,7 +499,7 @@ def lanczos(hvp, layers: Layers, start, max_steps: int, tol: float = 0.0, min_st
     off = jnp.where(position + 1 < length[None, :], betas, 0.0)[:-1]
     matrix = (jax.vmap(jnp.diag)(diagonal.T) + jax.vmap(lambda o: jnp.diag(o, 1))(off.T)
               + jax.vmap(lambda o: jnp.diag(o, -1))(off.T))
-    values, vectors = jnp.linalg.eigh(matrix)
+    values, vectors = eigh(matrix)
     y = jnp.where(used.T, vectors[:, :, -1], 0.0)          # (G, max_steps)
     last = jnp.take_along_axis(y, jnp.maximum(length - 1, 0)[:, None], 1)[:, 0]
     return values[:, -1], y, last

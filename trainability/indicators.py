@@ -27,8 +27,7 @@ host round trips. Three kinds:
   (Hutchinson, per layer and total), `hessian_rank_proxy` (the reference
   code's: k single-example gradients, 99% of the spectrum mass of G G^T) and
   `exact_hessian_rank` (from the dense `jax.hessian`, small nets only).
-* Jacobian conditioning (a function, not yet in the suite: issue 13):
-  `jacobian_sigma_min`, the smallest singular value of the Jacobian J of the
+* Jacobian conditioning: `jacobian_sigma_min`, the smallest singular value of the Jacobian J of the
   network's outputs (N probe examples x C logits) with respect to its
   parameters, sqrt(lambda_min(J J^T)), the empirical
   NTK's smallest eigenvalue; for the whole network and each layer's own
@@ -53,9 +52,10 @@ from trainability.signals import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
 PARAMETER = ("weight_norm", "gradient_norm", "update_norm", "grad_param_ratio")
 FEATURE = ("unit_sign_entropy", "dormant_fraction", "srank", "effective_rank")
 CURVATURE = ("sharpness", "hessian_trace", "top_eigenvalues", "hessian_rank")
+JACOBIAN = ("jacobian_sigma_min",)
 # The noise-curvature signals of method.md section 3 (signals_lib.observe).
 SIGNALS = ("effective_step", "alpha_g", "lam_bar", "vol", "alpha_vol", "alpha_tilde", "crossed")
-INDICATORS = PARAMETER + FEATURE + CURVATURE + SIGNALS
+INDICATORS = PARAMETER + FEATURE + CURVATURE + JACOBIAN + SIGNALS
 
 
 def indicator_names(text: str) -> tuple[str, ...]:
@@ -139,7 +139,7 @@ def mass_rank(values, mass) -> jax.Array:
 
 
 def singular_values(features) -> jax.Array:
-  return jnp.linalg.svd(_units(features), compute_uv=False)
+  return estimators.singular_values(_units(features))
 
 
 def srank(features, delta: float = 0.01) -> jax.Array:
@@ -204,15 +204,15 @@ def sharpness(loss, params, start, steps: int = SIGNAL_DEFAULTS.curvature_steps,
 
 
 def smallest_singular_value(gram) -> jax.Array:
-  """sigma_min(J) = sqrt(lambda_min(J J^T)) from the Gram matrix J J^T (k x k).
+  """sigma_min(J) = sqrt(lambda_min(J J^T)) from the Gram matrix J J^T (..., k, k).
 
   The smallest singular value over J's k rows: 0 when J has fewer columns
   than rows. From a float32 Gram, values below about
   sqrt(1e-7 lambda_max) are rounding noise (the Gram squares J's condition
   number); compute in float64 (jax_enable_x64) to resolve smaller ones.
   """
-  eigenvalues = jnp.linalg.eigvalsh((gram + gram.T) / 2)
-  return jnp.sqrt(jnp.maximum(eigenvalues[0], 0.0))
+  eigenvalues = estimators.eigvalsh((gram + jnp.swapaxes(gram, -1, -2)) / 2)
+  return jnp.sqrt(jnp.maximum(eigenvalues[..., 0], 0.0))
 
 
 def jacobian_sigma_min(logits_fn, params, x, layers: estimators.Layers,
@@ -227,10 +227,7 @@ def jacobian_sigma_min(logits_fn, params, x, layers: estimators.Layers,
   N C x N C, O((N C)^3) each.
   """
   grams = estimators.output_jacobian_grams(logits_fn, params, x, layers, dense_inputs)
-  # One eigendecomposition per matrix: a batched (vmapped) eigvalsh inside the
-  # compiled run, sharded over several CPU devices, deadlocked XLA:CPU here.
-  return jnp.stack([smallest_singular_value(jnp.sum(grams, 0))]
-                   + [smallest_singular_value(gram) for gram in grams])
+  return smallest_singular_value(jnp.concatenate([jnp.sum(grams, 0, keepdims=True), grams]))
 
 
 def _flat_hvp(loss, params):
@@ -275,7 +272,7 @@ def top_eigenvalues(loss, params, k: int, steps: int, key, mask=None) -> jax.Arr
   # An invariant subspace found early (beta ~ 0) leaves zero rows; they give
   # spurious Ritz values of 0 only when 0 is not an eigenvalue of the block anyway.
   tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-  ritz = jnp.linalg.eigvalsh(tridiagonal)
+  ritz = estimators.eigvalsh(tridiagonal)
   return ritz[::-1][:k]
 
 
@@ -324,7 +321,7 @@ def hessian_rank_proxy(example_grads, mass: float = 0.99) -> jax.Array:
 def gram_rank(gram, mass: float = 0.99) -> jax.Array:
   """hessian_rank_proxy from the (k, k) Gram matrix G G^T itself (e.g.
   `estimators.dense_gradient_gram`, which needs no per-example gradients)."""
-  spectrum = jnp.linalg.eigvalsh((gram + gram.T) / 2)
+  spectrum = estimators.eigvalsh((gram + gram.T) / 2)
   return mass_rank(jnp.maximum(spectrum, 0.0), mass) / gram.shape[0]
 
 
@@ -338,7 +335,7 @@ def exact_hessian_rank(loss, params, mass: float = 0.99, tol: float = 1e-6) -> E
   """Rank of the dense Hessian of `loss` (jax.hessian: d x d; small nets only)."""
   flat, unravel = ravel_pytree(params)
   h = jax.hessian(lambda x: loss(unravel(x)))(flat)
-  eig = jnp.abs(jnp.linalg.eigvalsh((h + h.T) / 2))
+  eig = jnp.abs(estimators.eigvalsh((h + h.T) / 2))
   d = flat.shape[0]
   numerical = jnp.sum(eig > tol * jnp.max(eig)).astype(jnp.int32)
   return ExactRank(mass_rank(eig, mass) / d, numerical, d)
@@ -360,6 +357,7 @@ class Options(NamedTuple):
   lanczos_steps: int = 20         # top_eigenvalues: Lanczos steps (HVPs)
   trace_samples: int = 10         # hessian_trace: Hutchinson samples (HVPs)
   rank_examples: int = 32         # hessian_rank: single-example gradients k
+  jacobian_examples: int = 16     # jacobian_sigma_min: probe examples N (J has N C rows)
   # The noise-curvature signals and the sharpness estimator: the scheduler's
   # settings (window, threshold mode, curvature estimator, effective step).
   signals: SignalSettings = SIGNAL_DEFAULTS
@@ -499,6 +497,11 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       else:
         out["hessian_rank"] = jnp.atleast_1d(
             hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
+    if "jacobian_sigma_min" in wanted:
+      x = batch[0][:options.jacobian_examples]
+      logits_fn = lambda p, inputs: model.apply(p, model_state, inputs)[0]
+      inputs = None if model.dense_inputs is None else model.dense_inputs(params, model_state, x)
+      out["jacobian_sigma_min"] = jacobian_sigma_min(logits_fn, params, x, layers, inputs)
     signals = state.signals
     if "sharpness" in wanted and not wanted & set(SIGNALS):
       blocks = top(layers, signals.eigenvectors, keys[3])
