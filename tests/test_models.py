@@ -1,4 +1,5 @@
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def test_every_activation_runs_and_is_finite(activation):
     ("kaiming", "tanh", 0.01, 25.0 / 9.0),
     ("kaiming", "identity", 0.01, 1.0),
     ("lecun", "relu", 0.01, 1.0),
+    ("mirrored_lecun", "tanh", 0.01, 1.0),
 ])
 def test_init_scales(init, activation, slope, gain):
   config = Config(width=512, depth=2, init=init, activation=activation, leaky_slope=slope)
@@ -170,3 +172,54 @@ def test_features_are_each_hidden_layers_pre_and_post_activation(changes, shapes
     np.testing.assert_allclose(feats["hidden_0"].pre, pre, rtol=1e-4, atol=1e-5)
     act = models.activation_fn(config.activation)
     np.testing.assert_allclose(feats["hidden_0"].post, act(pre), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("changes", [dict(activation="tanh", depth=1),
+                                     dict(activation="crelu", depth=2),
+                                     dict(model="cnn", channels=(4,), activation="softplus")])
+def test_mirrored_lecun_pairs_units_so_the_network_is_zero_at_init(changes):
+  """Units j and j + m/2 of the last hidden layer: the same incoming weights,
+  negated outgoing ones (each activation copy), so f(x; theta_0) = 0 for any
+  x; everything else is LeCun normal (variance 1 / fan_in)."""
+  model, params, state = build(init="mirrored_lecun", width=64, **changes)
+  x = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
+  assert np.abs(np.asarray(model.apply(params, state, x)[0])).max() < 1e-5
+  lecun, _, _ = build(init="lecun", width=64, **changes)
+  assert np.abs(np.asarray(lecun.apply(lecun.init(KEY)[0], {}, x)[0])).max() > 0.1
+  last = [n for n in params if n.startswith("hidden_")][-1]
+  kernel = np.asarray(params[last]["dense"]["kernel"])
+  np.testing.assert_array_equal(kernel[:, :32], kernel[:, 32:])
+  out = np.asarray(params["output"]["kernel"])
+  copies = out.shape[0] // 64
+  rows = out.reshape(copies, 64, 10)
+  np.testing.assert_array_equal(rows[:, :32], -rows[:, 32:])
+  assert abs(kernel.std() * np.sqrt(kernel.shape[0]) - 1) < 0.1
+  assert abs(out.std() * np.sqrt(out.shape[0]) - 1) < 0.1
+
+
+def test_mirrored_lecun_caps_the_hidden_jacobian_rank_at_half_the_width():
+  """At a mirrored init a pair's gradients are negatives of each other, so the
+  Jacobian of the logits with respect to the hidden layer (kernel and bias) has
+  rank (m/2)(d + 1) where LeCun's has m (d + 1): full row rank n C needs
+  m >= 2 n C / (d + 1), the 2n/d of Zhang et al. 2021 for one output."""
+  d, m, classes, n = 4, 6, 3, 12  # rows n C = 36 > m (d + 1) = 30 > (m/2)(d + 1) = 15
+  x = jax.random.normal(jax.random.key(2), (n, 2, 2, 1))
+
+  def rank(init):
+    model = models.make_model(Config(width=m, depth=1, activation="tanh", init=init),
+                              (2, 2, 1), classes)
+    params, state = model.init(KEY)
+    flat, unravel = jax.flatten_util.ravel_pytree(params["hidden_0"])
+    logits = lambda v: model.apply({**params, "hidden_0": unravel(v)}, state, x)[0].reshape(-1)
+    return np.linalg.matrix_rank(np.asarray(jax.jacrev(logits)(flat), np.float64), tol=1e-5)
+
+  assert d == 2 * 2 * 1
+  assert rank("lecun") == m * (d + 1)
+  assert rank("mirrored_lecun") == m // 2 * (d + 1)
+
+
+def test_mirrored_lecun_needs_an_even_last_width():
+  with pytest.raises(ValueError, match="init: mirrored_lecun .* even width"):
+    Config(init="mirrored_lecun", width=7)
+  with pytest.raises(ValueError, match="init: mirrored_lecun"):
+    Config(init="mirrored_lecun", depth=0)

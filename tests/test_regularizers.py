@@ -3,6 +3,7 @@
 import itertools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -89,3 +90,29 @@ def test_penalties_run_under_jit_and_vmap():
 def test_unknown_regularizer_is_a_one_line_error():
   with pytest.raises(ValueError, match="regularizer: 'l1' is not accepted; choose one of none"):
     regularizers.penalty_fn("l1")
+
+
+def test_project_to_init_ball_is_the_nearest_point_of_each_layers_ball():
+  """Per layer (top-level key): inside the ball, unchanged; outside, on the sphere
+  along the same direction from the anchor, and no point of the ball is nearer
+  (checked against random points of the ball); under jit."""
+  anchor, params = _params(0), _params(1)
+  project = jax.jit(regularizers.project_to_init_ball)
+  flat = lambda tree: jax.flatten_util.ravel_pytree(tree)[0]
+  for radius in (0.1, 0.5, 10.0):
+    out = project(params, anchor, radius)
+    for name in anchor:
+      a, p, o = flat(anchor[name]), flat(params[name]), flat(out[name])
+      allowed = radius * np.linalg.norm(a)
+      if np.linalg.norm(p - a) <= allowed:
+        np.testing.assert_allclose(o, p, rtol=1e-6)
+        continue
+      np.testing.assert_allclose(np.linalg.norm(o - a), allowed, rtol=1e-5)
+      np.testing.assert_allclose((o - a) / allowed, (p - a) / np.linalg.norm(p - a), atol=1e-5)
+      rng = np.random.default_rng(0)
+      others = rng.normal(size=(2000, a.size))
+      others = a + others / np.linalg.norm(others, axis=1, keepdims=True) * allowed * \
+          rng.uniform(size=(2000, 1)) ** (1 / a.size)
+      assert np.linalg.norm(p - o) <= np.linalg.norm(p - others, axis=1).min() + 1e-5
+  assert any(not np.allclose(flat(project(params, anchor, 0.1)[n]), flat(params[n])) for n in anchor)
+  assert all(np.allclose(flat(project(params, anchor, 10.0)[n]), flat(params[n])) for n in anchor)

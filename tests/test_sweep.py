@@ -5,6 +5,7 @@ import csv
 import json
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -138,6 +139,13 @@ def test_masked_widths_equal_separate_narrow_runs():
     np.testing.assert_array_equal(_block(np.asarray(w[runs]), np.asarray(n), 8), n)
   # Params, the L2-init anchor, Adam moments and the curvature directions after
   # training: the narrow run's; the padding is exactly zero.
+  _assert_narrow_state(end, final, runs, 8)
+
+
+def _assert_narrow_state(end, final, runs, width, widest=16):
+  """The embedded runs' `runs` of a wide RunState `end` hold the narrow runs'
+  `final` (params, optimizer and component states) in their first `width`
+  units, and exactly zero padding."""
   numbers = lambda x: jax.random.key_data(x) if devices.is_key(x) else x
   for w, n in zip(jax.tree.leaves((end.params, end.opt_state, end.components)),
                   jax.tree.leaves((final.params, final.opt_state, final.components))):
@@ -145,9 +153,38 @@ def test_masked_widths_equal_separate_narrow_runs():
     if w.shape == n.shape:  # counts, multipliers, the window, keys: one per run
       np.testing.assert_allclose(w, n, rtol=1e-4, atol=1e-7)
       continue
-    np.testing.assert_allclose(_block(w, n, 8), n, rtol=1e-4, atol=1e-6)
-    assert np.abs(w).sum(dtype=np.float64) == np.abs(_block(w, n, 8)).sum(
+    np.testing.assert_allclose(_block(w, n, width, widest), n, rtol=1e-4, atol=1e-6)
+    assert np.abs(w).sum(dtype=np.float64) == np.abs(_block(w, n, width, widest)).sum(
         dtype=np.float64), "padding moved"
+
+
+def test_mirrored_init_and_the_init_ball_embed_in_a_width_sweep():
+  """The mirrored init and the projection onto the init ball (per layer, a
+  radius that binds here) of a net embedded in a wider one are the narrow
+  net's: its pairs are (j, j + m/2) of its own width m, copy-major for Fourier
+  features, and the padding adds nothing to a layer's norms."""
+  base = Config(subset=100, tasks=1, epochs=3, batch_size=10, depth=1, seeds=1, width=4,
+                activation="fourier", init="mirrored_lecun", constraint="init_ball",
+                constraint_radius=0.05, lr=1e-2)
+  grid = sweep.make_grid(base, {"width": [4, 8]})
+  (program,) = sweep.plan(grid)
+  dataset = data.load(base.dataset, base.data_dir, base.subset, base.normalize)
+  keys = jax.vmap(jax.random.key)(np.zeros(2, int))
+  start = sweep.embedded_init(program.config, dataset, program.widths, keys,
+                              sweep._hparams(program, base.seeds))
+  wide = make_trainer(program.config, dataset, unit_masks=True)
+  end, metrics = jax.jit(jax.vmap(wide.run_tasks, in_axes=(0, None)))(start, np.arange(1))
+  narrow = make_trainer(base, dataset)
+  initial = jax.jit(narrow.init)(keys[0])
+  final, expected = jax.jit(narrow.run_tasks)(initial, np.arange(1))
+  np.testing.assert_allclose(metrics.loss[0], expected.loss, atol=2e-6)
+  flat = lambda layer: jax.flatten_util.ravel_pytree(layer)[0]
+  moved = {name: float(jnp.linalg.norm(flat(final.params[name]) - flat(layer)))
+           for name, layer in initial.params.items()}
+  size = {name: float(jnp.linalg.norm(flat(layer))) for name, layer in initial.params.items()}
+  assert all(moved[n] <= 0.05 * size[n] * 1.0001 for n in size), (moved, size)
+  assert any(moved[n] >= 0.05 * size[n] * 0.9999 for n in size)  # the ball binds
+  _assert_narrow_state(end, jax.tree.map(lambda x: x[None], final), np.arange(1), 4, 8)
 
 
 def _read(path):

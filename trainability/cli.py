@@ -302,7 +302,7 @@ def _run(args) -> int:
   _start_devices(args)
   main_process = devices.is_main()
 
-  dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
+  dataset = data_lib.load_for(config)
   trainer = make_trainer(config, dataset)
   os.makedirs(out, exist_ok=True)
   if not resuming and main_process:

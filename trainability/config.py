@@ -58,11 +58,15 @@ class _Methods:
       raise ConfigError(
           f"checkpoint_every: {self.checkpoint_every} is not accepted; give 0 or a multiple "
           f"of chunk_tasks ({self.chunk_tasks}), so that checkpoints fall between chunks")
-    if self.model == "cnn" and self.dataset == "mnist1d":
+    if self.model == "cnn" and self.dataset in ("mnist1d", "gaussian"):
       raise ConfigError(
           "model: 'cnn' needs an image data set; accepted with cnn: "
           "digits, fashion_mnist, mnist, cifar10"
       )
+    widths = (self.width,) * (self.depth if self.model == "mlp" else 1)
+    problem = models.init_problem(self.init, widths)
+    if problem:
+      raise ConfigError(problem)
     if self.heldout and self.stream == "random_labels":
       raise ConfigError(
           "heldout: random labels have no held-out labels; accepted streams "

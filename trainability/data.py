@@ -10,6 +10,10 @@ with one line naming the path tried and how to get the data.
 * fashion_mnist / mnist: IDX files (`train-images-idx3-ubyte[.gz]`, ...); mnist
   also reads a single `mnist.npz` (x_train, y_train, x_test, y_test).
 * cifar10: the standard python batches (`data_batch_1..5`, `test_batch`).
+* gaussian: synthetic inputs x ~ N(0, I_d), d = `gaussian_dim`, 4,000 train /
+  1,000 test, labels uniform over 10 classes (a fixed seed); stored as
+  (N, d, 1, 1), not an image. With the random-labels stream this is the
+  memorization problem of n random points in dimension d (Zhang et al. 2021).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from trainability.settings import Predicate, Setting
+from trainability.settings import Integer, Predicate, Setting
 
 DEFAULT_DATA_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
@@ -69,14 +73,21 @@ def load(
     data_dir: str | None = None,
     subset: int | None = None,
     normalize: str = "standardize",
+    gaussian_dim: int | None = None,
 ) -> Dataset:
-  """Loads a data set, keeps the first `subset` training images, normalizes."""
+  """Loads a data set, keeps the first `subset` training images, normalizes.
+
+  gaussian_dim: the input dimension of `gaussian` (None: the setting's default).
+  """
+  if gaussian_dim is None:
+    gaussian_dim = next(s.default for s in SETTINGS if s.name == "gaussian_dim")
   loaders = {
       "digits": _load_digits,
       "mnist1d": _load_mnist1d,
       "fashion_mnist": lambda d: _load_idx_dir("fashion_mnist", d),
       "mnist": _load_mnist,
       "cifar10": _load_cifar10,
+      "gaussian": lambda d: _gaussian(gaussian_dim),
   }
   if name not in loaders:
     raise DataError(f"dataset: {name!r} is not accepted; choose one of {', '.join(loaders)}")
@@ -89,6 +100,19 @@ def load(
       )
     ds = ds._replace(x_train=ds.x_train[:subset], y_train=ds.y_train[:subset])
   return normalize_dataset(ds, normalize)
+
+
+def load_for(config) -> Dataset:
+  """The data set a Config names."""
+  return load(config.dataset, config.data_dir, config.subset, config.normalize,
+              config.gaussian_dim)
+
+
+def _gaussian(dim: int, n: int = 4000, n_test: int = 1000, num_classes: int = 10) -> Dataset:
+  rng = np.random.default_rng(20211)
+  x = rng.standard_normal((n + n_test, dim, 1, 1), dtype=np.float32)
+  y = rng.integers(0, num_classes, n + n_test).astype(np.int32)
+  return Dataset("gaussian", x[:n], y[:n], x[n:], y[n:], num_classes, False)
 
 
 def synthetic_dataset(n: int, shape=(28, 28, 1), num_classes: int = 10, n_test: int = 100,
@@ -274,7 +298,7 @@ def _reason(e: Exception) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
 
-DATASETS = ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10")
+DATASETS = ("digits", "mnist1d", "fashion_mnist", "mnist", "cifar10", "gaussian")
 NORMALIZATIONS = ("standardize", "per_feature", "unit", "none")
 
 
@@ -291,6 +315,8 @@ SETTINGS = (
             "README)", str),
     Setting("subset", 1000, "train on the first N training images only (0 or none: all)", int,
             check=Predicate(_subset_problem)),
+    Setting("gaussian_dim", 20, "gaussian: the input dimension d", int, check=Integer(1),
+            acts_with=("dataset", ("gaussian",))),
     Setting("normalize", "standardize", "input scaling: standardize (global mean/std of the "
             "training set), per_feature (per-pixel mean/std), unit ([0, 1]), none", str,
             NORMALIZATIONS),

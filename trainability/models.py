@@ -9,7 +9,12 @@ Hidden kernels use Kaiming (He) normal init with the gain of the activation
 (relu, crelu, swish, softplus: 2; leaky_relu: 2 / (1 + slope^2); tanh: 25/9;
 identity: 1; fourier: 1; variance = gain / fan_in, untruncated normal as torch's
 kaiming_normal_) or LeCun normal (variance 1 / fan_in). The output layer is
-always LeCun normal; biases start at zero. CReLU concatenates relu(h) and
+always LeCun normal; biases start at zero. `mirrored_lecun` is LeCun normal
+with the last hidden layer's units in pairs: unit j + m/2 has unit j's
+incoming weights and the negated outgoing weights, so the network's output
+is 0 for every input at init (our reading of the "mirrored LeCun"
+initialization of Zhang et al. 2021, "When Expressivity Meets Trainability:
+Fewer than n Neurons Can Work"; see `mirrored_kernel_init`). CReLU concatenates relu(h) and
 relu(-h), and the Fourier-feature activation (Lewandowski et al. 2024, "deep
 Fourier features") concatenates sin(h) and cos(h): for both, a layer's output
 width doubles and the next fan-in doubles (`activation_copies`). `identity`
@@ -24,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trainability.settings import Integer, Number, Predicate, Setting
+from trainability.settings import ConfigError, Integer, Number, Predicate, Setting
 
 Params = Any
 
@@ -85,7 +90,7 @@ def activation_copies(name: str) -> int:
 
 def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) -> float:
   """The factor g in Var(w) = g / fan_in for hidden kernels."""
-  if init == "lecun":
+  if init in ("lecun", "mirrored_lecun"):
     return 1.0
   if init != "kaiming":
     raise ValueError(f"init: {init!r} is not accepted; choose one of {', '.join(INITS)}")
@@ -97,8 +102,43 @@ def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) ->
   }.get(activation, 2.0)
 
 
+def init_problem(init: str, widths: Sequence[int]) -> str | None:
+  """Why `init` cannot initialize dense hidden layers of `widths`; None if it can."""
+  if init == "mirrored_lecun" and (not widths or widths[-1] % 2):
+    return ("init: mirrored_lecun pairs the last hidden layer's units; it needs a hidden "
+            f"layer of even width (got widths {tuple(widths)})")
+  return None
+
+
 def _kernel_init(gain: float):
   return nn.initializers.variance_scaling(gain, "fan_in", "normal")
+
+
+def mirrored_kernel_init(copies: int = 1, negate: bool = False):
+  """LeCun normal with the layer's m units (negate=False: kernel columns) or the
+  next layer's rows fed by them (negate=True, `copies` activation copies,
+  copy-major) repeated in two halves: the second half is the first
+  (incoming weights w_{j + m/2} = w_j) or its negation (outgoing
+  v_{j + m/2} = -v_j). The variance is 1 / fan_in of the full layer.
+
+  With both, units j and j + m/2 compute the same activation and their
+  contributions to the output cancel: f(x; theta_0) = 0. Their gradients
+  then are negatives of each other too, so at init the Jacobian of the
+  pair's incoming weights has the rank of one unit's: the hidden layer's
+  Jacobian has rank at most (m / 2) (d + 1) for inputs of dimension d.
+  """
+  lecun = _kernel_init(1.0)
+
+  def init(key, shape, dtype=jnp.float32):
+    full = lecun(key, shape, dtype)
+    if negate:
+      units = shape[0] // copies
+      rows = full.reshape(copies, units, *shape[1:])[:, : units // 2]
+      return jnp.concatenate([rows, -rows], axis=1).reshape(shape)
+    half = full[..., : shape[-1] // 2]
+    return jnp.concatenate([half, half], axis=-1)
+
+  return init
 
 
 class _Block(nn.Module):
@@ -111,13 +151,15 @@ class _Block(nn.Module):
   norm: str
   gain: float
   masked: bool = False
+  mirrored: bool = False  # incoming weights in two equal halves (mirrored_kernel_init)
 
   @nn.compact
   def __call__(self, x, train: bool):
     if self.conv:
       h = Conv3x3(self.features, kernel_init=_kernel_init(self.gain), name="conv")(x)
     else:
-      h = nn.Dense(self.features, kernel_init=_kernel_init(self.gain), name="dense")(x)
+      kernel_init = mirrored_kernel_init() if self.mirrored else _kernel_init(self.gain)
+      h = nn.Dense(self.features, kernel_init=kernel_init, name="dense")(x)
     if self.norm == "layernorm":
       axes = (-3, -2, -1) if self.conv else (-1,)
       h = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, name="norm")(h)
@@ -189,17 +231,23 @@ class Network(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
-    block = lambda features, conv, name: _Block(
+    mirrored = self.init_scheme == "mirrored_lecun"
+    problem = init_problem(self.init_scheme, self.widths)
+    if problem:
+      raise ConfigError(problem)
+    block = lambda features, conv, name, last=False: _Block(
         features, conv, self.activation, self.leaky_slope, self.norm, gain,
-        masked=self.masked and not conv, name=name)
+        masked=self.masked and not conv, mirrored=mirrored and last, name=name)
     for i, c in enumerate(self.channels):
       x = block(c, True, f"conv_{i}")(x, train)
       if x.shape[-3] >= 2 and x.shape[-2] >= 2:
         x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.widths):
-      x = block(width, False, f"hidden_{i}")(x, train)
-    return nn.Dense(self.num_classes, kernel_init=_kernel_init(1.0), name="output")(x)
+      x = block(width, False, f"hidden_{i}", last=i == len(self.widths) - 1)(x, train)
+    output_init = (mirrored_kernel_init(activation_copies(self.activation), negate=True)
+                   if mirrored else _kernel_init(1.0))
+    return nn.Dense(self.num_classes, kernel_init=output_init, name="output")(x)
 
 
 def make_model(config, input_shape: Sequence[int], num_classes: int,
@@ -276,7 +324,7 @@ MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus",
                "fourier")
 NORMS = ("none", "layernorm", "batchnorm")
-INITS = ("kaiming", "lecun")
+INITS = ("kaiming", "lecun", "mirrored_lecun")
 
 
 def _channels_problem(value):
@@ -295,5 +343,7 @@ SETTINGS = (
     Setting("activation", "relu", "hidden activation", str, ACTIVATIONS),
     Setting("leaky_slope", 0.01, "leaky_relu: negative slope", float, check=Number(0.0, 1.0)),
     Setting("norm", "none", "normalization layer after each hidden layer", str, NORMS),
-    Setting("init", "kaiming", "weight init of hidden layers (output layer: lecun)", str, INITS),
+    Setting("init", "kaiming", "weight init of hidden layers (output layer: lecun); "
+            "mirrored_lecun: lecun, the last hidden layer's units in pairs (w, v), (w, -v), "
+            "so the network is 0 at init (needs an even width)", str, INITS),
 )

@@ -203,24 +203,24 @@ def plan(grid: Grid) -> list[Program]:
   otherwise each width is a program of its own.
   """
   groups: dict[Any, list[Point]] = {}
-  traced_of = {}
+  traced_of, config_of = {}, {}
   swept_width = any(name == "width" for name, _ in grid.axes)
   for point in points(grid):
     traced = tuple(n for n in point.values if traced_axis(point.config, n))
-    key = point.config.replace(**{n: getattr(grid.base, n) for n in traced})
+    config = point.config.replace(**{n: getattr(grid.base, n) for n in traced})
     masked = swept_width and not_embeddable(point.config) is None
-    if masked:
-      key = key.replace(width=1)
-    groups.setdefault((key, masked), []).append(point)
-    traced_of[key, masked] = traced
+    # Embedded widths share a program: the key leaves the width out.
+    key = (config.replace(width=grid.base.width) if masked else config, masked)
+    groups.setdefault(key, []).append(point)
+    traced_of[key], config_of[key] = traced, config
   programs = []
-  for (key, masked), ps in groups.items():
-    if masked:
+  for key, ps in groups.items():
+    if key[1]:
       widths = tuple(p.config.width for p in ps)
-      programs.append(Program(key.replace(width=max(widths)), tuple(ps), traced_of[key, masked],
-                              widths))
+      programs.append(Program(config_of[key].replace(width=max(widths)), tuple(ps),
+                              traced_of[key], widths))
     else:
-      programs.append(Program(key, tuple(ps), traced_of[key, masked]))
+      programs.append(Program(config_of[key], tuple(ps), traced_of[key]))
   return programs
 
 
@@ -248,25 +248,28 @@ def embed(x, like, width: int, widest: int):
   return out
 
 
-def embedded_init(config, dataset, widths: Sequence[int], keys, hparams, wide=None):
+def embedded_init(config, dataset, widths: Sequence[int], keys, hparams, wide=None,
+                  components=()):
   """The vmapped initial RunState of nets of `widths` (one per run), embedded in the widest.
 
   Each run starts exactly as a separate run of its own width would (the same
   draws, the same init scales): its state comes from the trainer of that
   width and is zero-padded; its model state's unit masks are 1 for its units
   and 0 for the padding. keys: (runs,) PRNG keys; hparams: {name: (runs,)}.
-  wide: the trainer of the widest net with unit masks, if already built.
+  wide: the trainer of the widest net with unit masks, if already built;
+  components: the run's own components (`make_trainer`), if any.
   """
   from trainability.train import make_trainer
 
   widths = np.asarray(widths)
   if wide is None:
-    wide = make_trainer(config.replace(width=int(widths.max())), dataset, unit_masks=True)
+    wide = make_trainer(config.replace(width=int(widths.max())), dataset, components,
+                        unit_masks=True)
   like = jax.eval_shape(jax.vmap(wide.init), keys, hparams)
   parts, order = [], []
   for width in sorted(set(widths.tolist())):
     idx = np.flatnonzero(widths == width)
-    narrow = make_trainer(config.replace(width=width), dataset, unit_masks=True)
+    narrow = make_trainer(config.replace(width=width), dataset, components, unit_masks=True)
     mine = jax.tree.map(lambda a: a[idx], (keys, hparams))
     state = jax.jit(jax.vmap(narrow.init))(*mine)
     parts.append(jax.tree.map(lambda x, y: embed(x, y, width, int(widths.max())), state, like))
@@ -357,10 +360,11 @@ def run(grid: Grid, out: str, progress: bool = True, resume: bool = False) -> li
         writer.resume(lambda row: row["point"] not in members or int(row["task"]) < start,
                       read_table)
       config = program.config
-      data_key = (config.dataset, config.data_dir, config.subset, config.normalize)
+      data_key = (config.dataset, config.data_dir, config.subset, config.normalize,
+                  config.gaussian_dim)
       if data_key not in datasets:
-        datasets[data_key] = data_lib.load(*data_key)
-      trainer, state = _program_start(program, datasets[data_key], base)
+        datasets[data_key] = data_lib.load_for(config)
+      trainer, state = program_start(program, datasets[data_key], base)
       checkpoints = None
       if base.checkpoint_every:
         checkpoints = checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints)
@@ -399,11 +403,18 @@ def _start(program: Program, table: str, folder: str, base) -> int:
   return 0
 
 
-def _program_start(program: Program, dataset, base):
-  """(trainer, initial state of every run, sharded over the devices) of a program."""
+def program_start(program: Program, dataset, base, components=()):
+  """(trainer, initial state of every run, sharded over the devices) of a program.
+
+  Runs are point-major, seed-minor (seeds base.seed, base.seed + 1, ...);
+  `jax.vmap(trainer.run_tasks, in_axes=(0, None))` runs them all. components:
+  your own `trainability.components.Component`s, after the config's (e.g. a
+  `record` of your own measurement, found in `TaskMetrics.records`).
+  """
   from trainability.train import make_trainer
 
-  trainer = make_trainer(program.config, dataset, unit_masks=program.widths is not None)
+  trainer = make_trainer(program.config, dataset, components,
+                         unit_masks=program.widths is not None)
   seeds = np.arange(base.seed, base.seed + base.seeds)
   keys = jax.vmap(jax.random.key)(np.tile(seeds, len(program.points)))
   hparams = _hparams(program, base.seeds)
@@ -412,7 +423,8 @@ def _program_start(program: Program, dataset, base):
   else:
     widths = np.repeat(program.widths, base.seeds)
     state = devices.shard_runs(
-        embedded_init(program.config, dataset, widths, keys, hparams, wide=trainer))
+        embedded_init(program.config, dataset, widths, keys, hparams, wide=trainer,
+                      components=components))
   return trainer, state
 
 

@@ -142,7 +142,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
   model state (`models.make_model`), for narrower nets embedded in this one.
   """
   if dataset is None:
-    dataset = data_lib.load(config.dataset, config.data_dir, config.subset, config.normalize)
+    dataset = data_lib.load_for(config)
   n, batch = len(dataset.y_train), config.batch_size
   if batch > n:
     raise ConfigError(f"batch_size: {batch} is more than the {n} training examples")
@@ -353,6 +353,8 @@ def components_of(config: Config, model: models.Model, example_loss, image_shape
         maturity=config.maturity, utility_decay=config.utility_decay,
         redo_every=config.redo_every, redo_tau=config.redo_tau,
         restart_each_task=config.reset in ("model", "both")))
+  if config.constraint != "none":  # after the other changes: the run's params stay in the ball
+    out.append(regularizers.constraint_component(config.constraint, config.constraint_radius))
   if scheduled:
     rule = {name: getattr(config, name) for name in scheduler.RULE if name != "scheduler"}
     out.append(scheduler.as_component(**rule, **config.signal_settings()._asdict(),
