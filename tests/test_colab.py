@@ -22,6 +22,7 @@ COLAB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 NOTEBOOK = os.path.join(COLAB_DIR, "quickstart.ipynb")
 SCHEDULER_NOTEBOOK = os.path.join(COLAB_DIR, "scheduler.ipynb")
 SWEEPS_NOTEBOOK = os.path.join(COLAB_DIR, "sweeps.ipynb")
+NARROW_NOTEBOOK = os.path.join(COLAB_DIR, "narrow.ipynb")
 
 CELL_KEYS = {
     "code": {"id", "cell_type", "metadata", "source", "outputs", "execution_count"},
@@ -59,7 +60,7 @@ def _without_magics(source: str) -> str:
   return "\n".join(out) + "\n"
 
 
-@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK, SWEEPS_NOTEBOOK],
+@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK, SWEEPS_NOTEBOOK, NARROW_NOTEBOOK],
                          ids=os.path.basename)
 def test_notebook_is_valid_nbformat4_without_outputs(path):
   nb = _load(path)
@@ -205,3 +206,23 @@ def test_sweeps_notebook_runs_one_program_in_quick_mode(monkeypatch):
   late = namespace["late"]
   assert late.shape == (2, 2) and np.all((late >= 0) & (late <= 1))
   assert namespace["difference"] < 1e-5  # the masked narrow run is the narrow run
+
+
+@pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning")
+def test_narrow_notebook_runs_in_quick_mode(monkeypatch):
+  """colab/narrow.ipynb: the mirrored net is 0, sigma_min(J) at init is 0 below
+  n x 10 parameters and positive above for LeCun, and the width sweep trains
+  both arms."""
+  namespace = _run_quick(monkeypatch, NARROW_NOTEBOOK)
+  assert namespace["QUICK"] is True
+  widths, at_init = namespace["widths"], namespace["at_init"]
+  n, d = namespace["n"], namespace["d"]
+  for width, value in zip(widths, at_init["lecun"]):
+    parameters = width * (d + 1) + 10 * (width + 1)
+    if parameters < 10 * n or width < 10:
+      assert value < 1e-8, (width, value)
+    else:
+      assert value > 1e-3, (width, value)
+  for arm in ("adam", "projected"):
+    losses = namespace["losses"][arm]
+    assert len(losses) == len(widths) and all(np.isfinite(losses))

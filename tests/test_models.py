@@ -223,3 +223,23 @@ def test_mirrored_lecun_needs_an_even_last_width():
     Config(init="mirrored_lecun", width=7)
   with pytest.raises(ValueError, match="init: mirrored_lecun"):
     Config(init="mirrored_lecun", depth=0)
+
+
+@pytest.mark.parametrize("init, width, rank", [("lecun", 8, 200 - 2 * 11), ("lecun", 12, 200),
+                                               ("mirrored_lecun", 16, 200 - 2 * 11),
+                                               ("mirrored_lecun", 24, 200)])
+def test_a_last_hidden_layer_narrower_than_the_classes_leaves_the_jacobian_singular(
+    init, width, rank):
+  """n = 20 points in d = 20, C = 10 classes, so n C = 200 rows and P >= 258 columns:
+  with m < C (m/2 < C mirrored) J's rank is short of n C by (C - m)(n - m - 1),
+  computed in float64 (README, "Narrow networks")."""
+  with jax.enable_x64(True):
+    model = models.make_model(Config(width=width, depth=1, activation="tanh", init=init),
+                              (20, 1, 1), 10)
+    params, state = model.init(KEY)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    x = jax.random.normal(jax.random.key(3), (20, 20, 1, 1), jnp.float64)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    jacobian = jax.jacrev(lambda v: model.apply(unravel(v), state, x)[0].reshape(-1))(flat)
+    assert jacobian.shape[1] >= 200
+    assert np.linalg.matrix_rank(np.asarray(jacobian)) == rank
