@@ -166,3 +166,27 @@ def test_scheduler_modes_paper100_is_the_paper_suite_at_100_epochs(monkeypatch):
   strip = lambda flags: [f for i, f in enumerate(flags) if "--epochs" not in flags[i - 1:i + 1]
                          and "--seeds" not in flags[i - 1:i + 1]]
   assert strip(paper) == strip(long)
+
+
+def test_narrow_quick_run_fits_the_wide_net_and_resumes(tmp_path, monkeypatch, capsys):
+  """experiments/narrow.py --quick: n = 20 Gaussian points, widths 2 and 8, Adam and
+  the projected regime. The width-2 net (P = 72 < n C = 200 rows of J) has
+  sigma_min(J) = 0; every run records its steps to fit or none; a rerun
+  finds every arm finished and only rewrites the table and figure."""
+  script = _load("narrow", monkeypatch)
+  assert script.main(["--quick", "--out", str(tmp_path)]) == 0
+  rows = _rows(tmp_path / "narrow.csv")
+  assert [(r["arm"], r["width"]) for r in rows] == [
+      ("adam", "2"), ("adam", "8"), ("projected", "2"), ("projected", "8")]
+  for r in rows:
+    assert 0.0 <= float(r["final_train_accuracy"]) <= 1.0
+    if r["steps_to_fit"]:  # a check every 10 of the 40 steps
+      assert int(r["steps_to_fit"]) in (10, 20, 30, 40)
+    assert float(r["sigma_min_init"]) >= 0.0 and float(r["sigma_min_end"]) >= 0.0
+  assert all(float(r["sigma_min_init"]) < 1e-6 for r in rows if r["width"] == "2")
+  assert (tmp_path / "narrow.png").stat().st_size > 10_000
+  assert "| tanh | projected | 8 |" in (tmp_path / "narrow_table.md").read_text()
+  capsys.readouterr()
+  assert script.main(["--quick", "--out", str(tmp_path)]) == 0
+  assert "runs in" not in capsys.readouterr().out
+  assert len(_rows(tmp_path / "narrow.csv")) == 4
