@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from trainability import data
+from trainability.config import Config
 from trainability.data import DataError
 
 
@@ -197,3 +198,20 @@ def test_bad_subset_and_normalize_and_name():
     data.load("digits", normalize="zscore")
   with pytest.raises(DataError, match="^dataset: 'svhn' is not accepted; choose one of"):
     data.load("svhn")
+
+
+def test_gaussian_points_have_the_asked_dimension_and_a_fixed_draw():
+  a = data.load("gaussian", subset=100, gaussian_dim=7)
+  b = data.load_for(Config(dataset="gaussian", gaussian_dim=7, subset=100))
+  assert a.x_train.shape == (100, 7, 1, 1) and a.x_test.shape == (1000, 7, 1, 1)
+  assert not a.is_image and a.num_classes == 10
+  np.testing.assert_array_equal(a.x_train, b.x_train)
+  np.testing.assert_array_equal(a.y_train, b.y_train)
+  assert abs(float(a.x_train.mean())) < 1e-5 and abs(float(a.x_train.std()) - 1) < 1e-4
+  assert data.load("gaussian", subset=10).x_train.shape == (10, 20, 1, 1)  # the default d
+  with pytest.raises(ValueError, match="gaussian_dim: .*acts only with dataset gaussian"):
+    Config(gaussian_dim=7)
+  with pytest.raises(ValueError, match="gaussian_dim"):
+    Config(dataset="gaussian", gaussian_dim=0)
+  with pytest.raises(ValueError, match="model: 'cnn' needs an image data set"):
+    Config(dataset="gaussian", model="cnn")
