@@ -39,11 +39,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from matplotlib.figure import Figure
 
 from trainability import Config, data, devices, indicators, models, sweep
 from trainability.components import Component
-from trainability.estimators import layers_of
 
 ARMS = {
     "adam": dict(init="lecun"),
@@ -63,7 +63,7 @@ def fit_recorder(model, n: int, every: int) -> Component:
     del hp
     x, y = step.task.examples(jnp.arange(n))
     logits, _ = model.apply(step.params, step.model_state, x)
-    loss = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0])
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}, state
 
   return Component("fit", record=record, every=every)
@@ -73,13 +73,7 @@ def sigma_min(model, params, model_state, x):
   """sigma_min(J) of each run (vmapped), the whole network, in float64."""
   with jax.enable_x64(True):
     wide = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
-    layers = layers_of(jax.tree.map(lambda a: a[0], params))
-
-    def one(p, s):
-      logits_fn = lambda q, inputs: model.apply(q, s, inputs)[0]
-      return indicators.jacobian_sigma_min(logits_fn, p, x, layers,
-                                           model.dense_inputs(p, s, x))[0]
-
+    one = lambda p, s: indicators.model_jacobian_sigma_min(model, p, s, x)[0]
     return np.asarray(jax.jit(jax.vmap(one))(wide(params), wide(model_state)))
 
 

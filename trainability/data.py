@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from trainability.settings import Integer, Predicate, Setting
+from trainability.settings import Integer, Predicate, Setting, by_name
 
 DEFAULT_DATA_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
@@ -80,7 +80,7 @@ def load(
   gaussian_dim: the input dimension of `gaussian` (None: the setting's default).
   """
   if gaussian_dim is None:
-    gaussian_dim = next(s.default for s in SETTINGS if s.name == "gaussian_dim")
+    gaussian_dim = by_name(SETTINGS)["gaussian_dim"].default
   loaders = {
       "digits": _load_digits,
       "mnist1d": _load_mnist1d,
@@ -102,10 +102,14 @@ def load(
   return normalize_dataset(ds, normalize)
 
 
+def source_of(config) -> tuple:
+  """The `load` arguments of a Config: two configs with the same source share a data set."""
+  return (config.dataset, config.data_dir, config.subset, config.normalize, config.gaussian_dim)
+
+
 def load_for(config) -> Dataset:
   """The data set a Config names."""
-  return load(config.dataset, config.data_dir, config.subset, config.normalize,
-              config.gaussian_dim)
+  return load(*source_of(config))
 
 
 def _gaussian(dim: int, n: int = 4000, n_test: int = 1000, num_classes: int = 10) -> Dataset:

@@ -230,6 +230,14 @@ def jacobian_sigma_min(logits_fn, params, x, layers: estimators.Layers,
   return smallest_singular_value(jnp.concatenate([jnp.sum(grams, 0, keepdims=True), grams]))
 
 
+def model_jacobian_sigma_min(model, params, model_state, x) -> jax.Array:
+  """`jacobian_sigma_min` of a `models.Model`'s logits on inputs `x` (layers: the
+  top-level keys of params), by the dense path when the model has one."""
+  logits_fn = lambda p, inputs: model.apply(p, model_state, inputs)[0]
+  inputs = None if model.dense_inputs is None else model.dense_inputs(params, model_state, x)
+  return jacobian_sigma_min(logits_fn, params, x, estimators.layers_of(params), inputs)
+
+
 def _flat_hvp(loss, params):
   flat, unravel = ravel_pytree(params)
   grad = lambda x: ravel_pytree(jax.grad(loss)(unravel(x)))[0]
@@ -498,10 +506,8 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
         out["hessian_rank"] = jnp.atleast_1d(
             hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
     if "jacobian_sigma_min" in wanted:
-      x = batch[0][:options.jacobian_examples]
-      logits_fn = lambda p, inputs: model.apply(p, model_state, inputs)[0]
-      inputs = None if model.dense_inputs is None else model.dense_inputs(params, model_state, x)
-      out["jacobian_sigma_min"] = jacobian_sigma_min(logits_fn, params, x, layers, inputs)
+      out["jacobian_sigma_min"] = model_jacobian_sigma_min(
+          model, params, model_state, batch[0][:options.jacobian_examples])
     signals = state.signals
     if "sharpness" in wanted and not wanted & set(SIGNALS):
       blocks = top(layers, signals.eigenvectors, keys[3])

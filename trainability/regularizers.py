@@ -38,7 +38,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from trainability import estimators
+from trainability import estimators, indicators
 from trainability.components import Component
 from trainability.settings import Number, Setting
 
@@ -128,16 +128,11 @@ def project_to_init_ball(params, anchor, radius):
   Padding elements that are 0 in both stay 0 (a width sweep's embedded nets).
   """
   layers = estimators.layers_of(params)
-  squares = lambda tree: estimators.per_layer_sum(
-      layers, jax.tree.map(lambda a: jnp.sum(jnp.square(a)), tree))
   moved = jax.tree.map(jnp.subtract, params, anchor)
-  distance = jnp.sqrt(squares(moved))
-  allowed = radius * jnp.sqrt(squares(anchor))
+  distance = indicators.norms(layers, moved)
+  allowed = radius * indicators.norms(layers, anchor)
   scale = jnp.where(distance > allowed, allowed / jnp.maximum(distance, 1e-30), 1.0)
-  leaves, treedef = jax.tree.flatten(moved)
-  anchors = jax.tree.leaves(anchor)
-  return jax.tree.unflatten(treedef, [a + scale[i] * m for a, m, i in
-                                      zip(anchors, leaves, jax.tree.leaves(layers.index))])
+  return jax.tree.map(lambda a, m, i: a + scale[i] * m, anchor, moved, layers.index)
 
 
 def constraint_component(kind: str, radius: float) -> Component:

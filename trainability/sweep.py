@@ -360,8 +360,7 @@ def run(grid: Grid, out: str, progress: bool = True, resume: bool = False) -> li
         writer.resume(lambda row: row["point"] not in members or int(row["task"]) < start,
                       read_table)
       config = program.config
-      data_key = (config.dataset, config.data_dir, config.subset, config.normalize,
-                  config.gaussian_dim)
+      data_key = data_lib.source_of(config)
       if data_key not in datasets:
         datasets[data_key] = data_lib.load_for(config)
       trainer, state = program_start(program, datasets[data_key], base)
