@@ -190,3 +190,71 @@ def test_narrow_quick_run_fits_the_wide_net_and_resumes(tmp_path, monkeypatch, c
   assert script.main(["--quick", "--out", str(tmp_path)]) == 0
   assert "runs in" not in capsys.readouterr().out
   assert len(_rows(tmp_path / "narrow.csv")) == 4
+
+
+def test_width_lot_finds_the_task_where_accuracy_halves(monkeypatch):
+  script = _load("width_lot", monkeypatch)
+  assert script.lost_at([0.9, 0.88, 0.4, 0.1], chance=0.1, fraction=0.5) == 2
+  assert script.lost_at([0.5, 0.31, 0.29], chance=0.1, fraction=0.5) == 2  # below 0.3
+  assert script.lost_at([0.3, 0.6, 0.5, 0.34], chance=0.1, fraction=0.5) == 3  # best so far
+  assert script.lost_at([0.1, 0.1, 0.1], chance=0.1, fraction=0.5) is None  # never above chance
+  results = [{"seed": s, "task": t, "online_accuracy": a}
+             for s, accs in enumerate([[0.9, 0.2], [0.9, 0.8]]) for t, a in enumerate(accs)]
+  sigma = [{"seed": s, "task": t, "evaluation": 0, "step": 1, "indicator": "jacobian_sigma_min",
+            "column": "network", "value": v}
+           for s, values in enumerate([[2.0, 0.0], [2.0, 0.5]]) for t, v in enumerate(values)]
+  rows = script.width_rows(16, 123, results, sigma, chance=0.1, fraction=0.5)
+  assert [(r["lost_at"], r["lost"], r["peak_task"], r["singular_from"]) for r in rows] == [
+      (1, True, 0, 1), (2, False, 0, 2)]
+  assert script.singular_from([5.0, 1.0, 4e-3, 0.0]) == 2 and script.singular_from([1, 1]) is None
+
+
+def test_width_lot_early_warning_ranks_the_indicator_that_orders_the_runs(monkeypatch):
+  """Over four (width, seed) runs, an indicator whose task-1 value falls as the
+  lost-at task grows has Spearman -1; one unrelated to it ranks below."""
+  script = _load("width_lot", monkeypatch)
+  lost = {(8, 0): 3, (8, 1): 5, (16, 0): 2, (16, 1): 9}
+  row = lambda seed, task, name, value: {"seed": seed, "task": task, "evaluation": 0,
+                                         "step": 1, "indicator": name, "column": "network",
+                                         "value": value}
+  runs = {w: ([], [row(s, t, name, value) for s in (0, 1) for t in (0, 1)
+                   for name, value in (("sigma", -lost[(w, s)] + 10 * t),
+                                       ("noise", [1.0, 3.0, 2.0, 4.0][s + (w == 16) * 2]))])
+          for w in (8, 16)}
+  summary = [{"width": w, "seed": s, "lost_at": v} for (w, s), v in lost.items()]
+  table = script.early_warning(runs, summary, task=1)
+  assert [r["indicator"] for r in table] == ["sigma", "noise"]
+  assert table[0]["spearman_lost_at"] == pytest.approx(-1.0) and table[0]["runs"] == 4
+  assert abs(table[1]["spearman_lost_at"]) < 1
+
+
+def test_width_lot_quick_run_writes_its_tables_and_skips_finished_widths(tmp_path, monkeypatch,
+                                                                         capsys):
+  script = _load("width_lot", monkeypatch)
+  argv = ["--widths", "12", "--tasks", "2", "--epochs", "2", "--seeds", "2",
+          "--checkpoint-every", "1", "--out", str(tmp_path), "--name", "w"]
+  assert script.main(argv) == 0
+  rows = _rows(tmp_path / "w.csv")
+  assert [(r["width"], r["seed"]) for r in rows] == [("12", "0"), ("12", "1")]
+  assert rows[0]["params"] == str(65 * 12 + 13 * 12 + 13 * 10)
+  run_dir = tmp_path / "w" / "width_12"
+  assert {r["indicator"] for r in _rows(run_dir / "indicators.csv")} >= {"jacobian_sigma_min"}
+  assert not (run_dir / "checkpoints").exists()
+  text = (tmp_path / "w.md").read_text()
+  assert "| 12 | 1066 |" in text and "jacobian_sigma_min | network" in text
+  assert (tmp_path / "w.png").stat().st_size > 10_000
+  capsys.readouterr()
+  assert script.main(argv) == 0
+  assert "width 12: finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--widths", "8,x"], "--widths: '8,x' is not accepted"),
+    (["--widths", "0"], "--widths: '0' is not accepted"),
+    (["--lost-fraction", "1.5"], "--lost-fraction: 1.5 is not accepted"),
+    (["--early-task", "20"], "--early-task: 20 is not accepted; give 0 ... 19"),
+])
+def test_width_lot_bad_flags_are_one_line_errors(argv, message, monkeypatch, tmp_path):
+  script = _load("width_lot", monkeypatch)
+  with pytest.raises(SystemExit, match=message):
+    script.main(argv + ["--out", str(tmp_path)])
