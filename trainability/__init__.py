@@ -6,6 +6,8 @@ vmappable training runs (`train`); the noise-curvature step-size scheduler as
 an optax transformation (`scheduler`), the signals it decides on (`signals`)
 and its per-layer estimators (`estimators`); the component interface through
 which remedies, indicators and the scheduler act in a run (`components`).
+Quantum circuits (`quantum`): a statevector simulator, barren-plateau
+measurements and dynamical Lie algebras.
 
 Imports are lazy: `from trainability.scheduler import noise_curvature_scheduler`
 loads jax and optax only (no flax, scikit-learn or matplotlib), and each name
@@ -27,8 +29,8 @@ _EXPORTS = {
     "make_trainer": "train", "seed_keys": "train",
 }
 _MODULES = ("cli", "components", "config", "data", "devices", "estimators", "indicators",
-            "interventions", "models", "optim", "regularizers", "report", "results", "scheduler",
-            "signals", "tasks", "train")
+            "interventions", "models", "optim", "quantum", "regularizers", "report", "results",
+            "scheduler", "signals", "tasks", "train")
 
 __all__ = list(_EXPORTS)
 
