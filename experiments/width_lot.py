@@ -52,9 +52,9 @@ SINGULAR = 1e-3  # J counts as singular once sigma_min(J) <= SINGULAR x its firs
 
 
 def width_config(width: int, args) -> Config:
-  """The main benchmark at hidden width `width`, every indicator once per task, at its end."""
+  """The main benchmark at hidden width `width`, the indicators once per task, at its end."""
   base = Config(width=width, tasks=args.tasks, epochs=args.epochs, seeds=args.seeds,
-                indicators="all", checkpoint_every=args.checkpoint_every,
+                indicators=args.indicators, checkpoint_every=args.checkpoint_every,
                 **arms.EARLIER_SCHEDULER)
   dataset = data.load_for(base)
   steps_per_task = base.epochs * (len(dataset.y_train) // base.batch_size)
@@ -250,6 +250,9 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--tasks", type=int, default=20)
   parser.add_argument("--epochs", type=int, default=100)
+  parser.add_argument("--indicators", default="all",
+                      help="indicators to record (as `trainability run --indicators`); "
+                      "jacobian_sigma_min is always added")
   parser.add_argument("--lost-fraction", type=float, default=0.5)
   parser.add_argument("--early-task", type=int, default=1,
                       help="0-based task whose end-of-task values serve as the early warning")
@@ -265,6 +268,8 @@ def main(argv=None):
                      "separated by commas, e.g. 16,32,64")
   if not widths or min(widths) < 1:
     raise SystemExit(f"--widths: {args.widths!r} is not accepted; give positive integers")
+  if args.indicators != "all" and "jacobian_sigma_min" not in args.indicators.split(","):
+    args.indicators += ",jacobian_sigma_min"
   if not 0 < args.lost_fraction < 1:
     raise SystemExit(f"--lost-fraction: {args.lost_fraction} is not accepted; give a number "
                      "in (0, 1)")

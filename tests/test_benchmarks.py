@@ -101,3 +101,32 @@ def test_indicator_cost_quick_run_prints_every_indicator(capsys, monkeypatch):
   assert "one full indicator pass (all 20)" in out
   assert "  srank " in out and "  sharpness " in out and "  weight_norm " not in out
   assert "run-time ratio with indicators / without: " in out
+
+
+def test_quantum_benchmark_quick_run_times_ours_and_reports_a_missing_tensorcircuit(capsys,
+                                                                                   monkeypatch):
+  """benchmarks/quantum.py at 3 qubits: our gradient std is the one computed circuit by
+  circuit; without tensorcircuit installed it says so instead of a ratio."""
+  path = SCRIPT.parent / "quantum.py"
+  spec = importlib.util.spec_from_file_location("benchmarks_quantum", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  monkeypatch.setitem(sys.modules, "tensorcircuit", None)  # import fails: not installed
+  assert module.main(["--qubits", "3", "--depth", "2", "--circuits", "8", "--repeats", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "3 qubits, depth 2, 8 circuits" in out
+  assert "ours: first call" in out and "tensorcircuit: not installed" in out
+  assert "ratio" not in out
+  import jax
+  import jax.numpy as jnp
+  from trainability.quantum import circuits, statevector as sv
+  std = float(module.ours(3, 2, 8)(jax.random.key(5)))
+  k_axes, k_params = jax.random.split(jax.random.key(5))
+  axes = jax.vmap(lambda k: circuits.random_axes(k, 3, 2))(jax.random.split(k_axes, 8))
+  circuit = circuits.random_rotations(3, 2)
+  by_hand = []
+  for i, key in enumerate(jax.random.split(k_params, 8)):
+    params = circuit.init(key)
+    grads = jax.grad(lambda p: sv.expectation(circuit.apply(p, axes[i]), "ZZI"))(params)
+    by_hand.append(float(grads["layer_00"]["theta"][0]))
+  assert std == pytest.approx(float(jnp.std(jnp.array(by_hand))), rel=1e-4)

@@ -23,6 +23,7 @@ NOTEBOOK = os.path.join(COLAB_DIR, "quickstart.ipynb")
 SCHEDULER_NOTEBOOK = os.path.join(COLAB_DIR, "scheduler.ipynb")
 SWEEPS_NOTEBOOK = os.path.join(COLAB_DIR, "sweeps.ipynb")
 NARROW_NOTEBOOK = os.path.join(COLAB_DIR, "narrow.ipynb")
+BARREN_NOTEBOOK = os.path.join(COLAB_DIR, "barren_plateaus.ipynb")
 
 CELL_KEYS = {
     "code": {"id", "cell_type", "metadata", "source", "outputs", "execution_count"},
@@ -60,8 +61,8 @@ def _without_magics(source: str) -> str:
   return "\n".join(out) + "\n"
 
 
-@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK, SWEEPS_NOTEBOOK, NARROW_NOTEBOOK],
-                         ids=os.path.basename)
+@pytest.mark.parametrize("path", [NOTEBOOK, SCHEDULER_NOTEBOOK, SWEEPS_NOTEBOOK, NARROW_NOTEBOOK,
+                                  BARREN_NOTEBOOK], ids=os.path.basename)
 def test_notebook_is_valid_nbformat4_without_outputs(path):
   nb = _load(path)
   assert set(nb) == {"nbformat", "nbformat_minor", "metadata", "cells"}
@@ -226,3 +227,23 @@ def test_narrow_notebook_runs_in_quick_mode(monkeypatch):
   for arm in ("adam", "projected"):
     losses = namespace["losses"][arm]
     assert len(losses) == len(widths) and all(np.isfinite(losses))
+
+
+@pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning")
+def test_barren_plateaus_notebook_runs_in_quick_mode(monkeypatch):
+  """colab/barren_plateaus.ipynb: the closed forms hold to Monte Carlo accuracy (400
+  draws: within 25%), the DLA dimensions are exact, the measured Ising variance is
+  near 2/15, the global cost decays faster than the local one, and the scheduler
+  trains the re-uploading circuit."""
+  namespace = _run_quick(monkeypatch, BARREN_NOTEBOOK)
+  assert namespace["QUICK"] is True
+  for n, value in namespace["haar"].items():
+    assert value == pytest.approx(1 / (2 ** n + 1), rel=0.25)
+  for (name, n), value in namespace["warm_up"].items():
+    exact = (1 / 8) * (3 / 8) ** (n - 1) if name == "global" else 1 / (8 * n * n)
+    assert value == pytest.approx(exact, rel=0.25), (name, n)
+  assert list(namespace["dims"].values()) == [63, 15, 3]
+  assert namespace["predicted"] == pytest.approx(2 / 15)
+  assert namespace["measured"] == pytest.approx(2 / 15, rel=0.25)
+  assert namespace["slopes"]["global"] < namespace["slopes"]["local"] < 0
+  assert namespace["losses"][-1] < namespace["losses"][0]

@@ -232,13 +232,15 @@ def test_width_lot_quick_run_writes_its_tables_and_skips_finished_widths(tmp_pat
                                                                          capsys):
   script = _load("width_lot", monkeypatch)
   argv = ["--widths", "12", "--tasks", "2", "--epochs", "2", "--seeds", "2",
-          "--checkpoint-every", "1", "--out", str(tmp_path), "--name", "w"]
+          "--indicators", "weight_norm,dormant_fraction", "--checkpoint-every", "1",
+          "--out", str(tmp_path), "--name", "w"]
   assert script.main(argv) == 0
   rows = _rows(tmp_path / "w.csv")
   assert [(r["width"], r["seed"]) for r in rows] == [("12", "0"), ("12", "1")]
   assert rows[0]["params"] == str(65 * 12 + 13 * 12 + 13 * 10)
   run_dir = tmp_path / "w" / "width_12"
-  assert {r["indicator"] for r in _rows(run_dir / "indicators.csv")} >= {"jacobian_sigma_min"}
+  assert {r["indicator"] for r in _rows(run_dir / "indicators.csv")} == {
+      "weight_norm", "dormant_fraction", "jacobian_sigma_min"}
   assert not (run_dir / "checkpoints").exists()
   text = (tmp_path / "w.md").read_text()
   assert "| 12 | 1066 |" in text and "jacobian_sigma_min | network" in text
@@ -258,3 +260,22 @@ def test_width_lot_bad_flags_are_one_line_errors(argv, message, monkeypatch, tmp
   script = _load("width_lot", monkeypatch)
   with pytest.raises(SystemExit, match=message):
     script.main(argv + ["--out", str(tmp_path)])
+
+
+def test_barren_plateaus_quick_run_writes_slopes_and_resumes(tmp_path, monkeypatch, capsys):
+  script = _load("barren_plateaus", monkeypatch)
+  argv = ["--ns", "2,3", "--depths", "1", "--draws", "40", "--out", str(tmp_path), "--name", "b"]
+  assert script.main(argv) == 0
+  rows = _rows(tmp_path / "b.csv")
+  assert [(r["cost"], r["n"]) for r in rows] == [("global", "2"), ("global", "3"),
+                                                  ("local", "2"), ("local", "3")]
+  assert all(float(r["var_mean"]) > 0 and float(r["se_first"]) > 0 for r in rows)
+  table = (tmp_path / "b.md").read_text()
+  assert "| global | 1 | 2-3 |" in table and "| local | 1 | 2-3 |" in table
+  assert (tmp_path / "b.png").stat().st_size > 10_000
+  capsys.readouterr()
+  assert script.main(argv) == 0  # every row is there: nothing is measured again
+  assert "Var first" not in capsys.readouterr().out
+  assert len(_rows(tmp_path / "b.csv")) == 4
+  with pytest.raises(SystemExit, match="--ns: '2,x' is not accepted"):
+    script.main(["--ns", "2,x", "--out", str(tmp_path)])
