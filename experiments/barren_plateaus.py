@@ -44,12 +44,10 @@ def measure(cost: str, depth: int, n: int, draws: int, seed: int) -> dict:
   circuit = circuits.hardware_efficient(n, depth)
   started = time.time()
   grads = plateaus.gradient_draws(COSTS[cost], circuit, jax.random.key(seed), draws)
-  flat = np.concatenate([np.asarray(g).reshape(draws, -1) for g in jax.tree.leaves(grads)], 1)
-  first = flat[:, 0] - flat[:, 0].mean()
-  var_first = float(first.var(ddof=1))
-  se_first = float(np.sqrt(max(np.mean(first ** 4) - var_first ** 2, 0.0) / draws))
+  first = jax.tree.leaves(grads)[0].reshape(draws, -1)[:, 0]
+  var_first, se_first = plateaus.variance_and_error(first)
   return {"cost": cost, "depth": depth, "n": n, "draws": draws, "var_first": var_first,
-          "se_first": se_first, "var_mean": float(flat.var(axis=0, ddof=1).mean()),
+          "se_first": se_first, "var_mean": float(plateaus.gradient_variance(grads).mean()),
           "seconds": round(time.time() - started, 2)}
 
 

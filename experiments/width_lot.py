@@ -51,18 +51,20 @@ FIELDS = ["width", "params", "seed", "peak_accuracy", "peak_task", "final_accura
 SINGULAR = 1e-3  # J counts as singular once sigma_min(J) <= SINGULAR x its first-task value
 
 
-def width_config(width: int, args) -> Config:
-  """The main benchmark at hidden width `width`, the indicators once per task, at its end."""
-  base = Config(width=width, tasks=args.tasks, epochs=args.epochs, seeds=args.seeds,
+def base_config(args) -> Config:
+  """The main benchmark with the indicators of `args`; `width_config` sets the width."""
+  return Config(tasks=args.tasks, epochs=args.epochs, seeds=args.seeds,
                 indicators=args.indicators, checkpoint_every=args.checkpoint_every,
                 **arms.EARLIER_SCHEDULER)
-  dataset = data.load_for(base)
+
+
+def width_config(base: Config, width: int, dataset) -> Config:
+  """`base` at hidden width `width`, the indicators once per task, at its end."""
   steps_per_task = base.epochs * (len(dataset.y_train) // base.batch_size)
-  return base.replace(indicator_every=steps_per_task)
+  return base.replace(width=width, indicator_every=steps_per_task)
 
 
-def parameter_count(config: Config) -> int:
-  dataset = data.load_for(config)
+def parameter_count(config: Config, dataset) -> int:
   model = models.make_model(config, dataset.x_train.shape[1:], dataset.num_classes)
   params, _ = jax.eval_shape(model.init, jax.random.key(0))
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -276,16 +278,18 @@ def main(argv=None):
   if not 0 <= args.early_task < args.tasks:
     raise SystemExit(f"--early-task: {args.early_task} is not accepted; give 0 ... "
                      f"{args.tasks - 1}")
+  base = base_config(args)
+  dataset = data.load_for(base)  # the same data set at every width
+  chance = 1.0 / dataset.num_classes
   runs_by_width, summary = {}, []
   for width in widths:
-    config = width_config(width, args)
+    config = width_config(base, width, dataset)
     run_dir = os.path.join(args.out, args.name, f"width_{width}")
     run_width(config, run_dir)
     result_rows = results.read_rows(os.path.join(run_dir, results.RESULTS_FILE))
     runs_by_width[width] = (result_rows, report.read_indicator_rows(
         os.path.join(run_dir, report.INDICATORS_FILE)))
-    chance = 1.0 / data.load_for(config).num_classes
-    summary += width_rows(width, parameter_count(config), *runs_by_width[width], chance,
+    summary += width_rows(width, parameter_count(config, dataset), *runs_by_width[width], chance,
                           args.lost_fraction)
   stem = os.path.join(args.out, args.name)
   with open(f"{stem}.csv", "w", newline="") as f:

@@ -22,10 +22,7 @@ from trainability.quantum import circuits, dla, plateaus, statevector as sv
 
 def within_monte_carlo_error(samples, variance, sigmas=4.0):
   """|sample variance - variance| < sigmas x its standard error (from the 4th moment)."""
-  x = np.asarray(samples, float)
-  centred = x - x.mean()
-  estimate = centred.var(ddof=1)
-  error = np.sqrt(max(np.mean(centred ** 4) - estimate ** 2, 0.0) / len(x))
+  estimate, error = plateaus.variance_and_error(samples)
   assert abs(estimate - variance) < sigmas * error, (estimate, variance, error)
   return estimate, error
 
@@ -98,3 +95,15 @@ def test_bad_input_is_a_one_line_error():
     plateaus.generated_circuit(["XI"], 0)
   with pytest.raises(ValueError, match="pauli: 'XII' has 3 letters"):
     plateaus.generated_circuit(["XI", "XII"], 1)
+
+
+def test_variance_and_error_against_direct_formulas():
+  x = np.array([-1.0, 1.0] * 50)  # variance 1 (ddof 1: 100/99), fourth moment 1
+  variance, error = plateaus.variance_and_error(x)
+  assert variance == pytest.approx(100 / 99)
+  assert error == pytest.approx(np.sqrt(max(1 - (100 / 99) ** 2, 0.0) / 100), abs=1e-12)
+  rng = np.random.default_rng(0)
+  y = rng.exponential(size=20000)  # Var 1, E(y - 1)^4 = 9: standard error sqrt(8 / N)
+  variance, error = plateaus.variance_and_error(y)
+  assert variance == pytest.approx(np.var(y, ddof=1))
+  assert error == pytest.approx(np.sqrt(8 / 20000), rel=0.15)

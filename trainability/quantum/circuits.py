@@ -52,26 +52,39 @@ def _uniform_angles(key, shape):
   return jax.random.uniform(key, shape, minval=0.0, maxval=2 * jnp.pi)
 
 
+def uniform_layers(depth: int, leaf: str, shape: tuple) -> Callable[[jax.Array], dict]:
+  """init(key) -> {"layer_l": {leaf: angles of `shape`}}, angles uniform in [0, 2 pi)."""
+  names = layer_names(depth)
+
+  def init(key):
+    return {name: {leaf: _uniform_angles(k, shape)}
+            for name, k in zip(names, jax.random.split(key, depth))}
+
+  return init
+
+
 def cz_ladder(state: jax.Array) -> jax.Array:
   """CZ(q, q + 1) for q = 0 ... n - 2 (an open chain), as one diagonal of signs."""
   n = state.ndim
-  return state * jnp.asarray(sv.cz_signs(n, [(q, q + 1) for q in range(n - 1)]), state.real.dtype)
+  return sv.apply_signs(state, sv.cz_signs(n, [(q, q + 1) for q in range(n - 1)]))
 
 
-def _stacked(params: dict, leaf: str) -> jax.Array:
+def stacked(params: dict, leaf: str) -> jax.Array:
+  """The layers' `leaf` arrays stacked in circuit order (the input of `lax.scan`)."""
   return jnp.stack([params[name][leaf] for name in sorted(params)])
 
 
 def rx_layer(n: int) -> Circuit:
   """R_x(theta_q) on each qubit q of |0...0>; params {"layer_00": {"theta": (n,)}}."""
   _check(n, 1)
+  name = layer_names(1)[0]
 
   def init(key):
-    return {layer_names(1)[0]: {"theta": _uniform_angles(key, (n,))}}
+    return {name: {"theta": _uniform_angles(key, (n,))}}
 
   def apply(params, inputs=None):
     state = sv.zero_state(n)
-    for q, theta in enumerate(params[layer_names(1)[0]]["theta"]):
+    for q, theta in enumerate(params[name]["theta"]):
       state = sv.rx(state, theta, q)
     return state
 
@@ -82,11 +95,6 @@ def hardware_efficient(n: int, depth: int) -> Circuit:
   """Per layer: R_y then R_z on every qubit, then a CZ ladder; from |0...0>.
   params {"layer_l": {"rotations": (n, 2)}}, angles uniform in [0, 2 pi)."""
   _check(n, depth)
-  names = layer_names(depth)
-
-  def init(key):
-    keys = jax.random.split(key, depth)
-    return {name: {"rotations": _uniform_angles(k, (n, 2))} for name, k in zip(names, keys)}
 
   def layer(state, angles):
     for q in range(n):
@@ -94,10 +102,10 @@ def hardware_efficient(n: int, depth: int) -> Circuit:
     return cz_ladder(state), None
 
   def apply(params, inputs=None):
-    state, _ = jax.lax.scan(layer, sv.zero_state(n), _stacked(params, "rotations"))
+    state, _ = jax.lax.scan(layer, sv.zero_state(n), stacked(params, "rotations"))
     return state
 
-  return Circuit(init, apply, n)
+  return Circuit(uniform_layers(depth, "rotations", (n, 2)), apply, n)
 
 
 def random_rotations(n: int, depth: int) -> Circuit:
@@ -105,11 +113,6 @@ def random_rotations(n: int, depth: int) -> Circuit:
   R_{axis}(theta) on every qubit and a CZ ladder. params {"layer_l": {"theta": (n,)}};
   inputs: the axes, int (depth, n) in {0, 1, 2} (`random_axes`)."""
   _check(n, depth)
-  names = layer_names(depth)
-
-  def init(key):
-    keys = jax.random.split(key, depth)
-    return {name: {"theta": _uniform_angles(k, (n,))} for name, k in zip(names, keys)}
 
   def layer(state, angles_and_axes):
     angles, axes = angles_and_axes
@@ -121,10 +124,10 @@ def random_rotations(n: int, depth: int) -> Circuit:
     state = sv.zero_state(n)
     for q in range(n):
       state = sv.ry(state, jnp.pi / 4, q)
-    state, _ = jax.lax.scan(layer, state, (_stacked(params, "theta"), axes))
+    state, _ = jax.lax.scan(layer, state, (stacked(params, "theta"), axes))
     return state
 
-  return Circuit(init, apply, n)
+  return Circuit(uniform_layers(depth, "theta", (n,)), apply, n)
 
 
 def random_axes(key: jax.Array, n: int, depth: int) -> jax.Array:
@@ -176,8 +179,8 @@ def reuploading_classifier(n: int, depth: int, features: int, classes: int,
     return (cz_ladder(state), x), None
 
   def one(params, x):
-    stacked = {leaf: _stacked(params, leaf) for leaf in ("encoding", "rotations")}
-    (state, _), _ = jax.lax.scan(layer, (sv.zero_state(n), x), stacked)
+    layers = {leaf: stacked(params, leaf) for leaf in ("encoding", "rotations")}
+    (state, _), _ = jax.lax.scan(layer, (sv.zero_state(n), x), layers)
     return scale * jnp.stack([sv.expectation(state, p) for p in readout])
 
   def apply(params, model_state, x, train=False):

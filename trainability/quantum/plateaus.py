@@ -5,6 +5,7 @@
   shaped like the params with a leading draws axis.
 * `gradient_variance(grads)`: the variance over draws of every partial
   derivative (ddof 1), as one flat vector in param-tree order.
+* `variance_and_error(samples)`: a sample variance and its standard error;
 * `decay_fit(ns, variances)`: the least-squares line log2 Var = a + slope n;
   `2 ** -slope` is the factor the variance shrinks by per added qubit.
 * `generated_circuit(generators, layers)`: exp(-i theta_k G_k / 2) for every
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainability.quantum import statevector as sv
-from trainability.quantum.circuits import Circuit, layer_names
+from trainability.quantum.circuits import Circuit, stacked, uniform_layers
 
 
 def gradient_draws(cost: Callable[[jax.Array], jax.Array], circuit: Circuit, key: jax.Array,
@@ -47,6 +48,15 @@ def gradient_variance(grads) -> jax.Array:
   return jnp.var(jnp.concatenate(leaves, axis=1), axis=0, ddof=1)
 
 
+def variance_and_error(samples) -> tuple[float, float]:
+  """(sample variance, its standard error sqrt((m4 - var^2) / N)) of 1-D samples: the
+  error grows with the fourth moment, which is large in a barren plateau."""
+  x = np.asarray(samples, float)
+  centred = x - x.mean()
+  variance = float(centred.var(ddof=1))
+  return variance, float(np.sqrt(max(np.mean(centred ** 4) - variance ** 2, 0.0) / len(x)))
+
+
 def decay_fit(ns: Sequence[int], variances: Sequence[float]) -> tuple[float, float]:
   """(slope, intercept) of log2 Var against n by least squares."""
   slope, intercept = np.polyfit(np.asarray(ns, float), np.log2(np.asarray(variances, float)), 1)
@@ -64,12 +74,6 @@ def generated_circuit(generators: Sequence[str], layers: int) -> Circuit:
     sv.parse_pauli(g, n)
   if layers < 1:
     raise ValueError(f"layers: {layers} is not accepted; give at least 1")
-  names = layer_names(layers)
-
-  def init(key):
-    keys = jax.random.split(key, layers)
-    return {name: {"theta": jax.random.uniform(k, (len(generators),), maxval=2 * jnp.pi)}
-            for name, k in zip(names, keys)}
 
   def layer(state, thetas):
     for g, theta in zip(generators, thetas):
@@ -77,11 +81,10 @@ def generated_circuit(generators: Sequence[str], layers: int) -> Circuit:
     return state, None
 
   def apply(params, inputs=None):
-    stacked = jnp.stack([params[name]["theta"] for name in names])
-    state, _ = jax.lax.scan(layer, sv.zero_state(n), stacked)
+    state, _ = jax.lax.scan(layer, sv.zero_state(n), stacked(params, "theta"))
     return state
 
-  return Circuit(init, apply, n)
+  return Circuit(uniform_layers(layers, "theta", (len(generators),)), apply, n)
 
 
 def haar_state(key: jax.Array, n: int) -> jax.Array:

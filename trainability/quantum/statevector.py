@@ -5,9 +5,10 @@ qubit 0 is the most significant bit of the basis index (|q0 q1 ... q_{n-1}>).
 Every function is pure, so circuits built from them jit, differentiate
 (`jax.grad` of a real expectation) and vmap over parameter draws and inputs.
 
-* states: `zero_state`, `basis_index`; gates: `apply` (any k-qubit matrix on
-  the listed qubits), `rx` / `ry` / `rz` / `rotation` (single-qubit rotations,
-  angle traced; `rotation` picks the axis by a traced index), `cz`, `cnot`, `cz_signs` (many CZs as one diagonal);
+* states: `zero_state`; gates: `apply` (any k-qubit matrix on the listed
+  qubits), `rx` / `ry` / `rz` / `rotation` (single-qubit rotations, angle
+  traced; `rotation` picks the axis by a traced index), `cz`, `cnot`,
+  `cz_signs` (many CZs as one diagonal);
 * Pauli strings: labels such as "XIZY" (letter q acts on qubit q);
   `apply_pauli`, `pauli_rotation` (exp(-i theta P / 2), for any string),
   `expectation` (<psi|P|psi>, real), `probability_zero` and `overlap_zero`.
@@ -15,14 +16,11 @@ Every function is pure, so circuits built from them jit, differentiate
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 PAULIS = "IXYZ"
-AXES = "xyz"  # `rotation`'s traced axis index: 0 -> x, 1 -> y, 2 -> z
 PAULI_MATRICES = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[0, -1j], [1j, 0]],
                            [[1, 0], [0, -1]]], dtype=np.complex64)  # I, X, Y, Z
 
@@ -32,11 +30,6 @@ def zero_state(n: int, dtype=jnp.complex64) -> jax.Array:
   if n < 1:
     raise ValueError(f"n: {n} qubits is not accepted; give at least 1")
   return jnp.zeros((2,) * n, dtype).at[(0,) * n].set(1)
-
-
-def basis_index(state: jax.Array, bits: Sequence[int]) -> jax.Array:
-  """The amplitude <bits|psi>."""
-  return state[tuple(bits)]
 
 
 def apply(state: jax.Array, gate: jax.Array, *qubits: int) -> jax.Array:
@@ -88,13 +81,10 @@ def rz(state, theta, qubit):
 
 
 def cz(state: jax.Array, control: int, target: int) -> jax.Array:
-  """Controlled-Z: the sign of every amplitude with both qubits 1 flips (diagonal, no
-  contraction)."""
+  """Controlled-Z: the sign of every amplitude with both qubits 1 flips (`cz_signs`)."""
   if control == target:
     raise ValueError(f"qubits: cz needs two distinct qubits (got {control} twice)")
-  index = [slice(None)] * state.ndim
-  index[control], index[target] = 1, 1
-  return state.at[tuple(index)].multiply(-1)
+  return apply_signs(state, cz_signs(state.ndim, [(control, target)]))
 
 
 def cz_signs(n: int, pairs) -> np.ndarray:
@@ -103,6 +93,11 @@ def cz_signs(n: int, pairs) -> np.ndarray:
   bits = np.indices((2,) * n)
   parity = sum(bits[i] * bits[j] for i, j in pairs) if pairs else np.zeros((2,) * n, int)
   return np.where(parity % 2, -1.0, 1.0).astype(np.float32)
+
+
+def apply_signs(state: jax.Array, signs: np.ndarray) -> jax.Array:
+  """Multiplies the state by a (2,) * n diagonal of signs (`cz_signs`)."""
+  return state * jnp.asarray(signs, state.real.dtype)
 
 
 _CNOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=np.complex64)
