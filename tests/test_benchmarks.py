@@ -130,3 +130,5 @@ def test_quantum_benchmark_quick_run_times_ours_and_reports_a_missing_tensorcirc
     grads = jax.grad(lambda p: sv.expectation(circuit.apply(p, axes[i]), "ZZI"))(params)
     by_hand.append(float(grads["layer_00"]["theta"][0]))
   assert std == pytest.approx(float(jnp.std(jnp.array(by_hand))), rel=1e-4)
+  with pytest.raises(SystemExit, match="--qubits, --depth, --circuits: give at least 2 qubits"):
+    module.main(["--qubits", "1"])

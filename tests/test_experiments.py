@@ -279,3 +279,7 @@ def test_barren_plateaus_quick_run_writes_slopes_and_resumes(tmp_path, monkeypat
   assert len(_rows(tmp_path / "b.csv")) == 4
   with pytest.raises(SystemExit, match="--ns: '2,x' is not accepted"):
     script.main(["--ns", "2,x", "--out", str(tmp_path)])
+  with pytest.raises(SystemExit, match="--depths: '0' is not accepted; give integers >= 1"):
+    script.main(["--depths", "0", "--out", str(tmp_path)])
+  with pytest.raises(SystemExit, match="--draws: 1 is not accepted"):
+    script.main(["--draws", "1", "--out", str(tmp_path)])
