@@ -11,7 +11,8 @@ jitted program, and the statistic is the standard deviation over the circuits
 of dC/dtheta for qubit 0, layer 0.
 
 * ours: `quantum.circuits.random_rotations` and `quantum.plateaus.gradient_draws`
-  (gate choices and angles drawn in the program from a key);
+  (gate choices and angles drawn in the program from a key), with the layers
+  unrolled (the default) and as a rolled `lax.scan` (`unroll=1`);
 * tensorcircuit (if `tensorcircuit-ng` imports): the same circuit written with
   its API, JAX backend, the random gate choice made as its example does (a
   one-hot mixture over R_x, R_y, R_z selected by a uniform draw), gate choices
@@ -29,6 +30,7 @@ times, tensorcircuit / ours (> 1: ours is faster).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -38,8 +40,8 @@ import numpy as np
 from trainability.quantum import circuits, plateaus, statevector as sv
 
 
-def ours(n: int, depth: int, count: int):
-  circuit = circuits.random_rotations(n, depth)
+def ours(n: int, depth: int, count: int, unroll: bool | int = True):
+  circuit = circuits.random_rotations(n, depth, unroll=unroll)
   cost = lambda state: sv.expectation(state, "ZZ" + "I" * (n - 2))
 
   def run(key):
@@ -104,7 +106,7 @@ def main(argv=None):
   parser.add_argument("--depth", type=int, default=10)
   parser.add_argument("--circuits", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--only", choices=("ours", "tensorcircuit"), default=None,
+  parser.add_argument("--only", choices=("ours", "ours_rolled", "tensorcircuit"), default=None,
                       help="time one implementation only")
   args = parser.parse_args(argv)
   if args.qubits < 2 or args.depth < 1 or args.circuits < 2:
@@ -112,7 +114,8 @@ def main(argv=None):
                      "circuits")
   print(f"{args.qubits} qubits, depth {args.depth}, {args.circuits} circuits; jax "
         f"{jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()})")
-  builders = {"ours": ours, "tensorcircuit": tensorcircuit}
+  builders = {"ours": ours, "ours_rolled": functools.partial(ours, unroll=1),
+              "tensorcircuit": tensorcircuit}
   wanted = [args.only] if args.only else list(builders)
   steady = {}
   for name in wanted:
@@ -125,8 +128,11 @@ def main(argv=None):
     steady[name] = median
     print(f"{name:>13}: first call {first:7.3f} s, then median {median * 1e3:8.2f} ms over "
           f"{args.repeats} calls; std of dC/dtheta_00 over circuits {std:.4f}", flush=True)
-  if len(steady) == 2:
-    print(f"ratio tensorcircuit / ours (steady state): {steady['tensorcircuit'] / steady['ours']:.2f}")
+  if "tensorcircuit" in steady:
+    for name in ("ours", "ours_rolled"):
+      if name in steady:
+        print(f"ratio tensorcircuit / {name} (steady state): "
+              f"{steady['tensorcircuit'] / steady[name]:.2f}")
   return 0
 
 

@@ -41,7 +41,8 @@ FIELDS = ["cost", "depth", "n", "draws", "var_first", "se_first", "var_mean", "s
 
 
 def measure(cost: str, depth: int, n: int, draws: int, seed: int) -> dict:
-  circuit = circuits.hardware_efficient(n, depth)
+  # rolled: each (cost, depth, n) compiles once and runs once, so compile time dominates
+  circuit = circuits.hardware_efficient(n, depth, unroll=1)
   started = time.time()
   grads = plateaus.gradient_draws(COSTS[cost], circuit, jax.random.key(seed), draws)
   first = jax.tree.leaves(grads)[0].reshape(draws, -1)[:, 0]

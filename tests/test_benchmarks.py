@@ -115,12 +115,14 @@ def test_quantum_benchmark_quick_run_times_ours_and_reports_a_missing_tensorcirc
   assert module.main(["--qubits", "3", "--depth", "2", "--circuits", "8", "--repeats", "2"]) == 0
   out = capsys.readouterr().out
   assert "3 qubits, depth 2, 8 circuits" in out
-  assert "ours: first call" in out and "tensorcircuit: not installed" in out
+  assert "ours: first call" in out and "ours_rolled: first call" in out
+  assert "tensorcircuit: not installed" in out
   assert "ratio" not in out
   import jax
   import jax.numpy as jnp
   from trainability.quantum import circuits, statevector as sv
   std = float(module.ours(3, 2, 8)(jax.random.key(5)))
+  assert float(module.ours(3, 2, 8, unroll=1)(jax.random.key(5))) == pytest.approx(std, rel=1e-5)
   k_axes, k_params = jax.random.split(jax.random.key(5))
   axes = jax.vmap(lambda k: circuits.random_axes(k, 3, 2))(jax.random.split(k_axes, 8))
   circuit = circuits.random_rotations(3, 2)

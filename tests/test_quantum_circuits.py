@@ -28,9 +28,10 @@ def cz_ladder(n):
   return out
 
 
-def test_hardware_efficient_ansatz_is_the_dense_product():
+@pytest.mark.parametrize("unroll", [True, 1])
+def test_hardware_efficient_ansatz_is_the_dense_product(unroll):
   n, depth = 3, 2
-  circuit = circuits.hardware_efficient(n, depth)
+  circuit = circuits.hardware_efficient(n, depth, unroll=unroll)
   params = circuit.init(jax.random.key(0))
   psi = np.zeros(2 ** n, complex)
   psi[0] = 1
@@ -42,9 +43,10 @@ def test_hardware_efficient_ansatz_is_the_dense_product():
   np.testing.assert_allclose(np.asarray(circuit.apply(params)).reshape(-1), psi, atol=1e-5)
 
 
-def test_random_rotation_circuit_is_the_dense_product():
+@pytest.mark.parametrize("unroll", [True, 1])
+def test_random_rotation_circuit_is_the_dense_product(unroll):
   n, depth = 3, 3
-  circuit = circuits.random_rotations(n, depth)
+  circuit = circuits.random_rotations(n, depth, unroll=unroll)
   params = circuit.init(jax.random.key(1))
   axes = circuits.random_axes(jax.random.key(2), n, depth)
   psi = np.zeros(2 ** n, complex)
@@ -136,6 +138,8 @@ def test_indicator_suite_runs_on_a_circuit_and_matches_direct_computations():
     (lambda: circuits.hardware_efficient(0, 2), "n_qubits: 0 is not accepted"),
     (lambda: circuits.random_rotations(2, 0), "depth: 0 is not accepted"),
     (lambda: circuits.reuploading_classifier(2, 1, 4, 3), "classes: 3 is not accepted"),
+    (lambda: circuits.hardware_efficient(2, 1, unroll=0), "unroll: 0 is not accepted"),
+    (lambda: circuits.random_rotations(2, 1, unroll=1.5), "unroll: 1.5 is not accepted"),
 ])
 def test_bad_input_is_a_one_line_error(call, message):
   with pytest.raises(ValueError, match=message):

@@ -3,8 +3,12 @@
 * `Circuit(init, apply, n_qubits)`: `init(key) -> params` (a dict of layers,
   {"layer_00": ...}, so the library's per-layer tools group them) and
   `apply(params, inputs) -> state` (inputs: anything not differentiated, e.g.
-  a random circuit's gate choices); layers run under `lax.scan`, so compile
-  time does not grow with depth.
+  a random circuit's gate choices). Layers run through `run_layers`
+  (`lax.scan`). The layered circuits take `unroll`: True by default, one
+  straight-line program, which on a CPU runs the gradient benchmark about 4x
+  faster than a rolled loop (benchmarks/quantum.py) but compiles in time that
+  grows with depth; `unroll=1` keeps the loop rolled, so compile time stays
+  flat for deep circuits.
 * `rx_layer(n)`: one R_x rotation per qubit on |0...0> (Cerezo et al.'s
   warm-up example); `hardware_efficient(n, depth)`: R_y R_z on every qubit,
   then a CZ ladder, per layer; `random_rotations(n, depth)`: McClean et al.'s
@@ -41,7 +45,8 @@ def layer_names(depth: int) -> list[str]:
   return [f"layer_{l:0{digits}d}" for l in range(depth)]
 
 
-def _check(n: int, depth: int) -> None:
+def _check(n: int, depth: int, unroll: bool | int = 1) -> None:
+  _check_unroll(unroll)
   if n < 1:
     raise ValueError(f"n_qubits: {n} is not accepted; give at least 1")
   if depth < 1:
@@ -69,6 +74,19 @@ def cz_ladder(state: jax.Array) -> jax.Array:
   return sv.apply_signs(state, sv.cz_signs(n, [(q, q + 1) for q in range(n - 1)]))
 
 
+def run_layers(layer: Callable, carry, layers, unroll: bool | int):
+  """`lax.scan(layer, carry, layers)`, returning the final carry; `unroll`: True (one
+  straight-line program, fastest), False or 1 (a rolled loop: compile time independent
+  of depth) or k (k layers per loop iteration)."""
+  _check_unroll(unroll)
+  return jax.lax.scan(layer, carry, layers, unroll=unroll)[0]
+
+
+def _check_unroll(unroll) -> None:
+  if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
+    raise ValueError(f"unroll: {unroll!r} is not accepted; give True, False or a positive int")
+
+
 def stacked(params: dict, leaf: str) -> jax.Array:
   """The layers' `leaf` arrays stacked in circuit order (the input of `lax.scan`)."""
   return jnp.stack([params[name][leaf] for name in sorted(params)])
@@ -91,10 +109,10 @@ def rx_layer(n: int) -> Circuit:
   return Circuit(init, apply, n)
 
 
-def hardware_efficient(n: int, depth: int) -> Circuit:
+def hardware_efficient(n: int, depth: int, unroll: bool | int = True) -> Circuit:
   """Per layer: R_y then R_z on every qubit, then a CZ ladder; from |0...0>.
   params {"layer_l": {"rotations": (n, 2)}}, angles uniform in [0, 2 pi)."""
-  _check(n, depth)
+  _check(n, depth, unroll)
 
   def layer(state, angles):
     for q in range(n):
@@ -102,17 +120,16 @@ def hardware_efficient(n: int, depth: int) -> Circuit:
     return cz_ladder(state), None
 
   def apply(params, inputs=None):
-    state, _ = jax.lax.scan(layer, sv.zero_state(n), stacked(params, "rotations"))
-    return state
+    return run_layers(layer, sv.zero_state(n), stacked(params, "rotations"), unroll)
 
   return Circuit(uniform_layers(depth, "rotations", (n, 2)), apply, n)
 
 
-def random_rotations(n: int, depth: int) -> Circuit:
+def random_rotations(n: int, depth: int, unroll: bool | int = True) -> Circuit:
   """McClean et al. (2018): R_y(pi/4) on every qubit of |0...0>, then per layer
   R_{axis}(theta) on every qubit and a CZ ladder. params {"layer_l": {"theta": (n,)}};
   inputs: the axes, int (depth, n) in {0, 1, 2} (`random_axes`)."""
-  _check(n, depth)
+  _check(n, depth, unroll)
 
   def layer(state, angles_and_axes):
     angles, axes = angles_and_axes
@@ -124,8 +141,7 @@ def random_rotations(n: int, depth: int) -> Circuit:
     state = sv.zero_state(n)
     for q in range(n):
       state = sv.ry(state, jnp.pi / 4, q)
-    state, _ = jax.lax.scan(layer, state, (stacked(params, "theta"), axes))
-    return state
+    return run_layers(layer, state, (stacked(params, "theta"), axes), unroll)
 
   return Circuit(uniform_layers(depth, "theta", (n,)), apply, n)
 
@@ -147,7 +163,7 @@ def local_cost(state: jax.Array) -> jax.Array:
 
 
 def reuploading_classifier(n: int, depth: int, features: int, classes: int,
-                           scale: float = 5.0):
+                           scale: float = 5.0, unroll: bool | int = True):
   """A data re-uploading classifier (Perez-Salinas et al. 2020) as a `models.Model` on
   inputs (B, ...) flattened to `features` values. Per layer l and qubit q:
   R_y(w_lq . x + phi_lq0) then R_z(phi_lq1), the data entering every layer; then a
@@ -156,7 +172,7 @@ def reuploading_classifier(n: int, depth: int, features: int, classes: int,
   features), angles uniform in [0, 2 pi)."""
   from trainability.models import Model
 
-  _check(n, depth)
+  _check(n, depth, unroll)
   if not 1 <= classes <= n:
     raise ValueError(f"classes: {classes} is not accepted; read out on the qubits, give 1 ... "
                      f"{n} for {n} qubits")
@@ -180,7 +196,7 @@ def reuploading_classifier(n: int, depth: int, features: int, classes: int,
 
   def one(params, x):
     layers = {leaf: stacked(params, leaf) for leaf in ("encoding", "rotations")}
-    (state, _), _ = jax.lax.scan(layer, (sv.zero_state(n), x), layers)
+    state, _ = run_layers(layer, (sv.zero_state(n), x), layers, unroll)
     return scale * jnp.stack([sv.expectation(state, p) for p in readout])
 
   def apply(params, model_state, x, train=False):
