@@ -102,7 +102,7 @@ def plot(path: str, rows: list[dict], fits: list[dict]) -> None:
   fig.savefig(path)
 
 
-def _int_list(text: str, flag: str, least: int) -> list[int]:
+def int_list(text: str, flag: str, least: int) -> list[int]:
   try:
     values = [int(v) for v in text.split(",")]
   except ValueError:
@@ -122,7 +122,7 @@ def main(argv=None):
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   parser.add_argument("--name", default="barren_plateaus", help="stem of the output files")
   args = parser.parse_args(argv)
-  ns, depths = _int_list(args.ns, "ns", 1), _int_list(args.depths, "depths", 1)
+  ns, depths = int_list(args.ns, "ns", 1), int_list(args.depths, "depths", 1)
   if args.draws < 2:
     raise SystemExit(f"--draws: {args.draws} is not accepted; a variance needs at least 2")
   os.makedirs(args.out, exist_ok=True)

@@ -283,3 +283,42 @@ def test_barren_plateaus_quick_run_writes_slopes_and_resumes(tmp_path, monkeypat
     script.main(["--depths", "0", "--out", str(tmp_path)])
   with pytest.raises(SystemExit, match="--draws: 1 is not accepted"):
     script.main(["--draws", "1", "--out", str(tmp_path)])
+
+
+def test_quantum_quick_run_records_indicators_per_layer_and_resumes(tmp_path, monkeypatch,
+                                                                    capsys):
+  script = _load("quantum", monkeypatch)
+  argv = ["--depths", "2", "--arms", "scheduler", "--qubits", "4", "--seeds", "2", "--steps",
+          "4", "--record-every", "2", "--out", str(tmp_path), "--name", "q"]
+  assert script.main(argv) == 0
+  runs, layers = _rows(tmp_path / "q.csv"), _rows(tmp_path / "q_layers.csv")
+  assert [(r["seed"], r["step"]) for r in runs] == [
+      ("0", "0"), ("0", "2"), ("0", "4"), ("1", "0"), ("1", "2"), ("1", "4")]
+  assert len(layers) == 2 * len(runs)  # layer_00 and layer_01 of every record
+  assert {r["layer"] for r in layers} == {"layer_00", "layer_01"}
+  for r in layers:
+    assert float(r["gradient_norm"]) > 0 and float(r["alpha_g"]) > 0
+    assert float(r["effective_step"]) > 0 or r["step"] == "0"  # Adam has no step before one
+  # the per-run means are the layers' means
+  first = [r for r in layers if r["seed"] == "1" and r["step"] == "2"]
+  row = next(r for r in runs if r["seed"] == "1" and r["step"] == "2")
+  assert float(row["sharpness_mean"]) == pytest.approx(
+      sum(float(r["sharpness"]) for r in first) / 2, rel=1e-5)
+  assert "| 2 | scheduler |" in (tmp_path / "q.md").read_text()
+  assert (tmp_path / "q.png").stat().st_size > 10_000
+  capsys.readouterr()
+  assert script.main(argv) == 0  # done: nothing is trained again
+  assert "test accuracy" not in capsys.readouterr().out
+  assert len(_rows(tmp_path / "q.csv")) == len(runs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arms", "adam,sgd"], "--arms: 'adam,sgd' is not accepted"),
+    (["--qubits", "3"], "--qubits: 3 is not accepted"),
+    (["--steps", "10", "--record-every", "3"], "--record-every: 3 is not accepted"),
+    (["--lr", "0"], "--lr: 0.0 is not accepted"),
+])
+def test_quantum_bad_flags_are_one_line_errors(argv, message, monkeypatch, tmp_path):
+  script = _load("quantum", monkeypatch)
+  with pytest.raises(SystemExit, match=message):
+    script.main(argv + ["--out", str(tmp_path)])

@@ -117,21 +117,41 @@ def test_indicator_suite_runs_on_a_circuit_and_matches_direct_computations():
                                 options=indicators.Options(jacobian_examples=4, signals=signals),
                                 learning_rate=0.01)
   assert suite.labels["gradient_norm"] == ("network", "layer_00", "layer_01")
-  values, _ = jax.jit(suite.compute)(suite.init(params, jax.random.key(5)), params,
-                                     model_state, (x, y))
-  assert all(np.all(np.isfinite(np.asarray(v))) for v in values.values())
   mean_loss = lambda p: jnp.mean(jax.vmap(lambda e0, e1: example_loss(p, model_state, (e0, e1)))(
       x, y))
-  grads = jax.grad(mean_loss)(params)
+  # at the random init and after 40 steps of Adam (a trained state: loss well down)
+  adam = optax.adam(0.05)
+  step = jax.jit(lambda p, s: (lambda u, s: (optax.apply_updates(p, u), s))(
+      *adam.update(jax.grad(mean_loss)(p), s, p)))
+  trained, opt_state = params, adam.init(params)
+  for _ in range(40):
+    trained, opt_state = step(trained, opt_state)
+  assert float(mean_loss(trained)) < 0.5 * float(mean_loss(params))
+  compute = jax.jit(suite.compute)
   norm = lambda tree: np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(tree)))
-  np.testing.assert_allclose(values["gradient_norm"],
-                             [norm(grads), norm(grads["layer_00"]), norm(grads["layer_01"])],
-                             rtol=1e-4)
-  # sigma_min of the 4 x 2 logits' Jacobian against a dense SVD
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  jac = jax.jacfwd(lambda v: model.apply(unravel(v), model_state, x[:4])[0].reshape(-1))(flat)
-  assert float(values["jacobian_sigma_min"][0]) == pytest.approx(
-      float(np.linalg.svd(np.asarray(jac), compute_uv=False)[-1]), rel=1e-3)
+  for at in (params, trained):
+    values, _ = compute(suite.init(at, jax.random.key(5)), at, model_state, (x, y))
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in values.values())
+    grads = jax.grad(mean_loss)(at)
+    np.testing.assert_allclose(values["gradient_norm"],
+                               [norm(grads), norm(grads["layer_00"]), norm(grads["layer_01"])],
+                               rtol=1e-4)
+    # alpha_g = B ||g_l||^2 / sigma2_l, sigma2_l = mean_i ||g_i,l - g_l||^2, from the
+    # per-example gradients directly
+    per_example = jax.vmap(jax.grad(lambda p, e0, e1: example_loss(p, model_state, (e0, e1))),
+                           in_axes=(None, 0, 0))(at, x, y)
+    expected = []
+    for layer in ("layer_00", "layer_01"):
+      g_i = np.concatenate([np.asarray(v).reshape(len(x), -1)
+                            for v in jax.tree.leaves(per_example[layer])], axis=1)
+      g = g_i.mean(0)
+      expected.append(len(x) * np.sum(g ** 2) / np.mean(np.sum((g_i - g) ** 2, axis=1)))
+    np.testing.assert_allclose(values["alpha_g"], expected, rtol=2e-3)
+    # sigma_min of the 4 x 2 logits' Jacobian against a dense SVD
+    flat, unravel = jax.flatten_util.ravel_pytree(at)
+    jac = jax.jacfwd(lambda v: model.apply(unravel(v), model_state, x[:4])[0].reshape(-1))(flat)
+    assert float(values["jacobian_sigma_min"][0]) == pytest.approx(
+        float(np.linalg.svd(np.asarray(jac), compute_uv=False)[-1]), rel=1e-3)
 
 
 @pytest.mark.parametrize("call, message", [
