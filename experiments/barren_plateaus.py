@@ -34,10 +34,10 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
+from trainability import results
 from trainability.quantum import circuits, plateaus
 
 COSTS = {"global": circuits.global_cost, "local": circuits.local_cost}
-FIELDS = ["cost", "depth", "n", "draws", "var_first", "se_first", "var_mean", "seconds"]
 
 
 def measure(cost: str, depth: int, n: int, draws: int, seed: int) -> dict:
@@ -53,8 +53,6 @@ def measure(cost: str, depth: int, n: int, draws: int, seed: int) -> dict:
 
 
 def read_rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
   with open(path, newline="") as f:
     return [{**r, "depth": int(r["depth"]), "n": int(r["n"]), "draws": int(r["draws"]),
              "var_first": float(r["var_first"]), "se_first": float(r["se_first"]),
@@ -127,7 +125,9 @@ def main(argv=None):
     raise SystemExit(f"--draws: {args.draws} is not accepted; a variance needs at least 2")
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, args.name)
-  rows = read_rows(f"{stem}.csv")
+  out = results.ResultsWriter(f"{stem}.csv")
+  out.resume(lambda row: True, read_rows)
+  rows = out.rows
   done = {(r["cost"], r["depth"], r["n"]) for r in rows}
   for cost in COSTS:
     for depth in depths:
@@ -135,13 +135,7 @@ def main(argv=None):
         if (cost, depth, n) in done:
           continue
         row = measure(cost, depth, n, args.draws, args.seed)
-        new_file = not os.path.exists(f"{stem}.csv")
-        with open(f"{stem}.csv", "a", newline="") as f:
-          writer = csv.DictWriter(f, fieldnames=FIELDS)
-          if new_file:
-            writer.writeheader()
-          writer.writerow(row)
-        rows.append(row)
+        out.write([row])  # appends to out.rows too
         print(f"{cost:>6} depth {depth:>2} n {n:>2}: Var first {row['var_first']:.3e} "
               f"+- {row['se_first']:.1e}, mean {row['var_mean']:.3e} ({row['seconds']} s)",
               flush=True)

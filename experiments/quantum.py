@@ -46,7 +46,7 @@ import optax
 from matplotlib.figure import Figure
 
 from barren_plateaus import int_list
-from trainability import data, indicators
+from trainability import data, indicators, results
 from trainability.quantum import circuits
 from trainability.scheduler import noise_curvature_scheduler
 
@@ -55,9 +55,6 @@ CLASSES = 4
 PROBE = 64
 PER_LAYER = ("gradient_norm", "alpha_g", "sharpness", "effective_step", "alpha_tilde")
 NAMES = PER_LAYER + ("jacobian_sigma_min",)
-RUN_FIELDS = ["depth", "arm", "seed", "step", "train_loss", "test_accuracy", "multiplier",
-              "jacobian_sigma_min"] + [f"{n}_mean" for n in PER_LAYER]
-LAYER_FIELDS = ["depth", "arm", "seed", "step", "layer"] + list(PER_LAYER) + ["multiplier"]
 
 
 def pooled_digits():
@@ -163,18 +160,8 @@ def run_rows(depth, arm, seeds, records, labels, record_every):
   return runs, per_layer
 
 
-def append(path, fields, rows):
-  new_file = not os.path.exists(path)
-  with open(path, "a", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    if new_file:
-      writer.writeheader()
-    writer.writerows(rows)
-
-
 def read(path):
-  if not os.path.exists(path):
-    return []
+  """Rows of quantum.csv or quantum_layers.csv with numbers parsed (arm and layer stay names)."""
   with open(path, newline="") as f:
     return [{k: (v if k in ("arm", "layer") else float(v)) for k, v in r.items()}
             for r in csv.DictReader(f)]
@@ -302,13 +289,12 @@ def main(argv=None):
     raise SystemExit(f"--lr: {args.lr} is not accepted; give a positive learning rate")
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, args.name)
-  runs, layer_rows = read(f"{stem}.csv"), read(f"{stem}_layers.csv")
-  done = {(int(r["depth"]), r["arm"]) for r in runs}
-  finished = [r for r in layer_rows if (int(r["depth"]), r["arm"]) in done]
-  if len(finished) < len(layer_rows):  # a cell interrupted between its two files: drop its rows
-    os.remove(f"{stem}_layers.csv")
-    append(f"{stem}_layers.csv", LAYER_FIELDS, finished)
-    layer_rows = finished
+  runs_out = results.ResultsWriter(f"{stem}.csv")
+  runs_out.resume(lambda row: True, read)
+  done = {(int(r["depth"]), r["arm"]) for r in runs_out.rows}
+  # the layer rows of a cell interrupted between the two files are dropped
+  layers_out = results.ResultsWriter(f"{stem}_layers.csv")
+  layers_out.resume(lambda row: (int(float(row["depth"])), row["arm"]) in done, read)
   dataset = pooled_digits()
   for depth in depths:
     for arm in arms:
@@ -321,21 +307,18 @@ def main(argv=None):
       records = jax.device_get(jax.jit(jax.vmap(train))(keys))
       new_runs, new_layers = run_rows(depth, arm, args.seeds, records, labels,
                                       args.record_every)
-      append(f"{stem}_layers.csv", LAYER_FIELDS, new_layers)  # layers first: runs mark done
-      append(f"{stem}.csv", RUN_FIELDS, new_runs)
-      runs += new_runs
-      layer_rows += new_layers
+      layers_out.write(new_layers)  # layers first: the run rows mark a cell done
+      runs_out.write(new_runs)
       end = [r for r in new_runs if r["step"] == args.steps]
       print(f"depth {depth:>2} {arm:>9}: test accuracy "
             f"{np.mean([r['test_accuracy'] for r in end]):.3f}, grad norm at init "
             f"{np.mean([r['gradient_norm_mean'] for r in new_runs if r['step'] == 0]):.2e} "
             f"({time.time() - started:.0f} s)", flush=True)
-  wanted = [r for r in runs if int(r["depth"]) in depths]
-  rows = summary(wanted, [r for r in layer_rows if int(r["depth"]) in depths], depths)
+  rows = summary(runs_out.rows, layers_out.rows, depths)
   text = table(rows, args)
   with open(f"{stem}.md", "w") as f:
     f.write(text)
-  plot(f"{stem}.png", wanted, layer_rows, depths)
+  plot(f"{stem}.png", runs_out.rows, layers_out.rows, depths)
   print(text)
   print(f"wrote {stem}.csv, {stem}_layers.csv, .md and .png")
   return 0

@@ -306,10 +306,14 @@ def test_quantum_quick_run_records_indicators_per_layer_and_resumes(tmp_path, mo
       sum(float(r["sharpness"]) for r in first) / 2, rel=1e-5)
   assert "| 2 | scheduler |" in (tmp_path / "q.md").read_text()
   assert (tmp_path / "q.png").stat().st_size > 10_000
+  # a cell cut off between its two files (layer rows written, run rows not): dropped on resume
+  with open(tmp_path / "q_layers.csv", "a") as f:
+    f.write("3,adam,0,0,layer_00,1,1,1,1,1,1\n")
   capsys.readouterr()
   assert script.main(argv) == 0  # done: nothing is trained again
   assert "test accuracy" not in capsys.readouterr().out
   assert len(_rows(tmp_path / "q.csv")) == len(runs)
+  assert _rows(tmp_path / "q_layers.csv") == layers
 
 
 @pytest.mark.parametrize("argv, message", [
