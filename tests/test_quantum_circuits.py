@@ -117,39 +117,41 @@ def test_indicator_suite_runs_on_a_circuit_and_matches_direct_computations():
                                 options=indicators.Options(jacobian_examples=4, signals=signals),
                                 learning_rate=0.01)
   assert suite.labels["gradient_norm"] == ("network", "layer_00", "layer_01")
-  mean_loss = lambda p: jnp.mean(jax.vmap(lambda e0, e1: example_loss(p, model_state, (e0, e1)))(
-      x, y))
-  # at the random init and after 40 steps of Adam (a trained state: loss well down)
+  mean_loss = lambda p, xs, ys: jnp.mean(
+      jax.vmap(lambda e0, e1: example_loss(p, model_state, (e0, e1)))(xs, ys))
+  # at the random init, and after 1000 steps of Adam on (x, y) on a fresh batch (a trained
+  # state, not the batch it was trained on)
   adam = optax.adam(0.05)
   step = jax.jit(lambda p, s: (lambda u, s: (optax.apply_updates(p, u), s))(
-      *adam.update(jax.grad(mean_loss)(p), s, p)))
+      *adam.update(jax.grad(mean_loss)(p, x, y), s, p)))
   trained, opt_state = params, adam.init(params)
-  for _ in range(40):
+  for _ in range(1000):
     trained, opt_state = step(trained, opt_state)
-  assert float(mean_loss(trained)) < 0.5 * float(mean_loss(params))
+  assert float(mean_loss(trained, x, y)) < 0.5 * float(mean_loss(params, x, y))
+  fresh = blobs(jax.random.key(6), 16)
   compute = jax.jit(suite.compute)
   norm = lambda tree: np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(tree)))
-  for at in (params, trained):
-    values, _ = compute(suite.init(at, jax.random.key(5)), at, model_state, (x, y))
+  for at, (xs, ys) in ((params, (x, y)), (trained, fresh)):
+    values, _ = compute(suite.init(at, jax.random.key(5)), at, model_state, (xs, ys))
     assert all(np.all(np.isfinite(np.asarray(v))) for v in values.values())
-    grads = jax.grad(mean_loss)(at)
+    grads = jax.grad(mean_loss)(at, xs, ys)
     np.testing.assert_allclose(values["gradient_norm"],
                                [norm(grads), norm(grads["layer_00"]), norm(grads["layer_01"])],
                                rtol=1e-4)
     # alpha_g = B ||g_l||^2 / sigma2_l, sigma2_l = mean_i ||g_i,l - g_l||^2, from the
     # per-example gradients directly
     per_example = jax.vmap(jax.grad(lambda p, e0, e1: example_loss(p, model_state, (e0, e1))),
-                           in_axes=(None, 0, 0))(at, x, y)
+                           in_axes=(None, 0, 0))(at, xs, ys)
     expected = []
     for layer in ("layer_00", "layer_01"):
-      g_i = np.concatenate([np.asarray(v).reshape(len(x), -1)
+      g_i = np.concatenate([np.asarray(v).reshape(len(xs), -1)
                             for v in jax.tree.leaves(per_example[layer])], axis=1)
       g = g_i.mean(0)
-      expected.append(len(x) * np.sum(g ** 2) / np.mean(np.sum((g_i - g) ** 2, axis=1)))
+      expected.append(len(xs) * np.sum(g ** 2) / np.mean(np.sum((g_i - g) ** 2, axis=1)))
     np.testing.assert_allclose(values["alpha_g"], expected, rtol=2e-3)
     # sigma_min of the 4 x 2 logits' Jacobian against a dense SVD
     flat, unravel = jax.flatten_util.ravel_pytree(at)
-    jac = jax.jacfwd(lambda v: model.apply(unravel(v), model_state, x[:4])[0].reshape(-1))(flat)
+    jac = jax.jacfwd(lambda v: model.apply(unravel(v), model_state, xs[:4])[0].reshape(-1))(flat)
     assert float(values["jacobian_sigma_min"][0]) == pytest.approx(
         float(np.linalg.svd(np.asarray(jac), compute_uv=False)[-1]), rel=1e-3)
 
