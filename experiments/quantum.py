@@ -217,17 +217,28 @@ def table(rows, args) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _per_layer(layer_rows, depth, arm, step, key):
+  """(layer positions 1..depth, the seed mean of `key` at each layer) at one record."""
+  rows = [r for r in layer_rows if r["depth"] == depth and r["arm"] == arm and r["step"] == step]
+  names = sorted({r["layer"] for r in rows})
+  return (np.arange(1, len(names) + 1),
+          [np.mean([r[key] for r in rows if r["layer"] == n]) for n in names])
+
+
 def plot(path, runs, layer_rows, depths):
-  fig = Figure(figsize=(13, 3.8), dpi=110)
-  ax_grad, ax_acc, ax_step = fig.subplots(1, 3)
+  """Top row: per circuit layer at init (adam arm), the gradient norm, the noise bound
+  alpha_g and the block sharpness. Bottom row: test accuracy and the median layer's
+  effective step / alpha_tilde over training (solid adam, dashed scheduler), and each
+  layer's effective step / alpha_tilde at the end."""
+  fig = Figure(figsize=(13, 7.2), dpi=110)
+  (ax_grad, ax_noise, ax_sharp), (ax_acc, ax_step, ax_end) = fig.subplots(2, 3)
   colors = {d: c for d, c in zip(depths, [f"C{i}" for i in range(10)] * 4)}
   for depth in depths:
-    ls = [r for r in layer_rows if r["depth"] == depth and r["arm"] == "adam" and r["step"] == 0]
-    if ls:
-      names = sorted({r["layer"] for r in ls})
-      grad = [np.mean([r["gradient_norm"] for r in ls if r["layer"] == n]) for n in names]
-      ax_grad.plot(np.arange(1, len(names) + 1), grad, marker="o", markersize=3,
-                   color=colors[depth], label=f"depth {depth}")
+    for ax, key in ((ax_grad, "gradient_norm"), (ax_noise, "alpha_g"),
+                    (ax_sharp, "sharpness")):
+      x, y = _per_layer(layer_rows, depth, "adam", 0, key)
+      if len(x):
+        ax.plot(x, y, marker="o", markersize=3, color=colors[depth], label=f"depth {depth}")
     for arm, style in zip(ARMS, ("-", "--")):
       rs = [r for r in runs if r["depth"] == depth and r["arm"] == arm]
       if not rs:
@@ -236,22 +247,34 @@ def plot(path, runs, layer_rows, depths):
       acc = [np.mean([r["test_accuracy"] for r in rs if r["step"] == s]) for s in steps]
       ax_acc.plot(steps, acc, linestyle=style, color=colors[depth],
                   label=f"depth {depth}, {arm}" if depth == depths[0] or arm == "adam" else None)
+      stepped = [s for s in steps if s > 0]  # Adam has no step before its first update
       ratio = [np.median([r["effective_step"] / max(r["alpha_tilde"], 1e-30)
                           for r in layer_rows if r["depth"] == depth and r["arm"] == arm
-                          and r["step"] == s]) for s in steps]
-      ax_step.plot(steps, ratio, linestyle=style, color=colors[depth])
-  ax_grad.set(yscale="log", xlabel="circuit layer", ylabel="||dL/dtheta_layer|| at init",
-              title="gradient per layer at init (adam arm)")
-  ax_acc.set(xlabel="step", ylabel="test accuracy", title="test accuracy (solid adam, dashed "
-             "scheduler)")
+                          and r["step"] == s]) for s in stepped]
+      ax_step.plot(stepped, ratio, linestyle=style, color=colors[depth])
+      x, step_end = _per_layer(layer_rows, depth, arm, steps[-1], "effective_step")
+      _, threshold_end = _per_layer(layer_rows, depth, arm, steps[-1], "alpha_tilde")
+      ax_end.plot(x, np.asarray(step_end) / np.maximum(threshold_end, 1e-30), linestyle=style,
+                  marker="o", markersize=3, color=colors[depth])
+  ax_grad.set(yscale="log", xlabel="circuit layer", ylabel="||dL/dtheta_layer||",
+              title="gradient norm per layer at init (adam arm)")
+  ax_noise.set(yscale="log", xlabel="circuit layer", ylabel="alpha_g = B ||g||^2 / sigma2",
+               title="gradient-noise bound per layer at init")
+  ax_sharp.set(yscale="log", xlabel="circuit layer", ylabel="top eigenvalue of the layer block",
+               title="sharpness per layer at init")
+  ax_acc.set(xlabel="step", ylabel="test accuracy",
+             title="test accuracy (solid adam, dashed scheduler)")
   ax_acc.axhline(1 / CLASSES, color="grey", linewidth=0.6)
   ax_step.set(yscale="log", xlabel="step", ylabel="effective step / alpha_tilde (median layer)",
               title="effective step against the threshold")
-  ax_step.axhline(1.0, color="grey", linewidth=0.6)
+  ax_end.set(yscale="log", xlabel="circuit layer", ylabel="effective step / alpha_tilde",
+             title="per layer at the end (solid adam, dashed scheduler)")
+  for ax in (ax_step, ax_end):
+    ax.axhline(1.0, color="grey", linewidth=0.6)
   for ax in (ax_grad, ax_acc):
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=6)
-  for ax in (ax_grad, ax_acc, ax_step):
+  for ax in (ax_grad, ax_noise, ax_sharp, ax_acc, ax_step, ax_end):
     ax.title.set_fontsize(9)
   fig.tight_layout()
   fig.savefig(path)
