@@ -131,17 +131,58 @@ def test_lanczos_on_an_exhausted_krylov_space_is_exact_and_finite():
     estimators.lanczos(estimators.block_hvp(loss, params, layers), layers, start, 2, 0.0, 3)
 
 
-def test_block_hvp_is_the_diagonal_block_product():
-  params, _, _, loss = tiny_problem()
-  layers = estimators.layers_of(params)
-  v = estimators.random_unit_vectors(jax.random.key(4), params, layers)
-  hv = jax.jit(lambda p, v: estimators.block_hvp(loss, p, layers)(v))(params, v)
+def assert_block_products(loss, params, layers, hv, v):
+  """hv[l] == H_ll v_l for each layer, H_ll from the dense `jax.hessian` of that layer."""
   for name in layers.names:
     flat, unravel = jax.flatten_util.ravel_pytree(params[name])
     block = jax.hessian(lambda f: loss({**params, name: unravel(f)}))(flat)
     expected = block @ jax.flatten_util.ravel_pytree(v[name])[0]
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(hv[name])[0], expected,
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("linearization", ["per_layer", "shared", "auto"])
+def test_block_hvp_is_the_diagonal_block_product(linearization):
+  params, _, _, loss = tiny_problem()
+  layers = estimators.layers_of(params)
+  v = estimators.random_unit_vectors(jax.random.key(4), params, layers)
+  hv = jax.jit(lambda p, v: estimators.block_hvp(loss, p, layers, linearization)(v))(params, v)
+  assert_block_products(loss, params, layers, hv, v)
+
+
+def test_deep_networks_take_the_shared_linearization_with_the_same_products():
+  """10 layers (>= SHARED_LINEARIZATION_FROM): "auto" walks one linearization; checked
+  against dense blocks after 300 Adam steps, not at init."""
+  config = Config(width=4, depth=9, activation="tanh")
+  model = models.make_model(config, (2, 2, 1), 3)
+  params, state = model.init(KEY)
+  x = jax.random.normal(jax.random.key(1), (16, 2, 2, 1))
+  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+
+  def loss(p):
+    logits, _ = model.apply(p, state, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  optimizer = optax.adam(1e-2)
+
+  def step(carry, _):
+    p, s = carry
+    updates, s = optimizer.update(jax.grad(loss)(p), s, p)
+    return (optax.apply_updates(p, updates), s), None
+
+  (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=300)
+  layers = estimators.layers_of(params)
+  assert layers.count >= estimators.SHARED_LINEARIZATION_FROM
+  v = estimators.random_unit_vectors(jax.random.key(4), params, layers)
+  hvp = lambda kind: jax.jit(
+      lambda p, v: estimators.block_hvp(loss, p, layers, kind)(v))(params, v)
+  auto, per_layer = hvp("auto"), hvp("per_layer")
+  assert_block_products(loss, params, layers, auto, v)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               auto, per_layer)
+  with pytest.raises(ValueError, match="linearization: 'dense' is not accepted; choose one "
+                     "of auto, per_layer, shared"):
+    estimators.block_hvp(loss, params, layers, "dense")
 
 
 def test_warm_start_converges_in_fewer_iterations():

@@ -332,21 +332,46 @@ def safe_ratio(numerator, denominator):
   return jnp.where(positive, jnp.minimum(ratio, UNBOUNDED), UNBOUNDED)
 
 
-def block_hvp(loss, params, layers: Layers):
+# From this many layers on, `block_hvp` linearizes the whole gradient once and walks the
+# layers in a loop: compile time and memory then grow with the network's size, not with
+# layers x size (a deep circuit's or a deep MLP's G separate linearizations do).
+SHARED_LINEARIZATION_FROM = 9
+LINEARIZATIONS = ("auto", "per_layer", "shared")
+
+
+def block_hvp(loss, params, layers: Layers, linearization: str = "auto"):
   """v -> each layer's diagonal Hessian block times that layer's part of v.
 
   Returns a function of a params-shaped tree whose layer-l leaves of the result
-  hold H_ll v_l. Each layer's block is `jax.linearize` of the gradient with
-  respect to that layer's leaves only (forward over reverse): its primal
-  forward and backward passes run once per layer when this is built (G
-  linearizations, each keeping its own residuals), and every call after that
-  runs only the tangent part, restricted to what reaches and leaves that
-  layer (the other layers are constants, so nothing is spent on their
-  gradients). Call it inside the same trace (a jitted function) as often as
-  needed.
+  hold H_ll v_l. Call it inside the same trace (a jitted function) as often as
+  needed. Two ways to the same products (`linearization`):
+
+  * "per_layer": each layer's block is `jax.linearize` of the gradient with
+    respect to that layer's leaves only (forward over reverse). Its primal
+    forward and backward passes run once per layer when this is built (G
+    linearizations, each keeping its own residuals), and every call after that
+    runs only the tangent part, restricted to what reaches and leaves that
+    layer (the other layers are constants, so nothing is spent on their
+    gradients). Fastest for a few layers, but the program and its memory hold
+    G copies of the network: quadratic in depth.
+  * "shared": one `jax.linearize` of the whole gradient; a call runs its
+    tangent map once per layer in a `lax.fori_loop`, on v masked to layer l,
+    and keeps layer l's part of H (0, ..., v_l, ..., 0). One copy of the
+    network in the program and in memory, whatever the depth; each product
+    costs a full tangent pass.
+  * "auto" (default): "shared" from SHARED_LINEARIZATION_FROM layers on.
   """
+  if linearization not in LINEARIZATIONS:
+    raise ValueError(f"linearization: {linearization!r} is not accepted; choose one of "
+                     f"{', '.join(LINEARIZATIONS)}")
+  if linearization == "auto":
+    shared = layers.count >= SHARED_LINEARIZATION_FROM
+  else:
+    shared = linearization == "shared"
   leaves, treedef = jax.tree.flatten(params)
   labels = jax.tree.leaves(layers.index)
+  if shared:
+    return _shared_block_hvp(loss, params, labels, layers.count)
   blocks = []
   for layer in range(layers.count):
     idx = tuple(i for i, label in enumerate(labels) if label == layer)
@@ -366,6 +391,26 @@ def block_hvp(loss, params, layers: Layers):
     for idx, linear in blocks:
       for i, product in zip(idx, linear(tuple(parts[i] for i in idx))):
         out[i] = product
+    return jax.tree.unflatten(treedef, out)
+
+  return apply
+
+
+def _shared_block_hvp(loss, params, labels, count):
+  """`block_hvp`'s "shared" form: one linearization, the layers walked in a loop."""
+  _, linear = jax.linearize(jax.grad(loss), params)
+  treedef = jax.tree.structure(params)
+
+  def apply(vector):
+    parts = jax.tree.leaves(vector)
+
+    def one_layer(layer, out):
+      tangent = [jnp.where(label == layer, v, jnp.zeros_like(v)) for v, label in
+                 zip(parts, labels)]
+      product = jax.tree.leaves(linear(jax.tree.unflatten(treedef, tangent)))
+      return [jnp.where(label == layer, h, o) for o, h, label in zip(out, product, labels)]
+
+    out = jax.lax.fori_loop(0, count, one_layer, [jnp.zeros_like(v) for v in parts])
     return jax.tree.unflatten(treedef, out)
 
   return apply
