@@ -368,10 +368,10 @@ def block_hvp(loss, params, layers: Layers, linearization: str = "auto"):
     shared = layers.count >= SHARED_LINEARIZATION_FROM
   else:
     shared = linearization == "shared"
+  if shared:
+    return _shared_block_hvp(loss, params, layers)
   leaves, treedef = jax.tree.flatten(params)
   labels = jax.tree.leaves(layers.index)
-  if shared:
-    return _shared_block_hvp(loss, params, labels, layers.count)
   blocks = []
   for layer in range(layers.count):
     idx = tuple(i for i, label in enumerate(labels) if label == layer)
@@ -396,22 +396,18 @@ def block_hvp(loss, params, layers: Layers, linearization: str = "auto"):
   return apply
 
 
-def _shared_block_hvp(loss, params, labels, count):
+def _shared_block_hvp(loss, params, layers: Layers):
   """`block_hvp`'s "shared" form: one linearization, the layers walked in a loop."""
   _, linear = jax.linearize(jax.grad(loss), params)
-  treedef = jax.tree.structure(params)
 
   def apply(vector):
-    parts = jax.tree.leaves(vector)
-
     def one_layer(layer, out):
-      tangent = [jnp.where(label == layer, v, jnp.zeros_like(v)) for v, label in
-                 zip(parts, labels)]
-      product = jax.tree.leaves(linear(jax.tree.unflatten(treedef, tangent)))
-      return [jnp.where(label == layer, h, o) for o, h, label in zip(out, product, labels)]
+      on_layer = lambda index, a, b: jnp.where(index == layer, a, b)
+      tangent = jax.tree.map(lambda i, v: on_layer(i, v, jnp.zeros_like(v)), layers.index,
+                             vector)
+      return jax.tree.map(on_layer, layers.index, linear(tangent), out)
 
-    out = jax.lax.fori_loop(0, count, one_layer, [jnp.zeros_like(v) for v in parts])
-    return jax.tree.unflatten(treedef, out)
+    return jax.lax.fori_loop(0, layers.count, one_layer, jax.tree.map(jnp.zeros_like, vector))
 
   return apply
 
