@@ -101,3 +101,88 @@ def test_element_counts_leave_sgd_unchanged():
   hparams = optim.default_hparams(Config(optimizer="sgd"))
   ours = _updates(optim.make_optimizer("sgd", hparams, element_counts=True))
   chex.assert_trees_all_equal(ours, _updates(optim.make_optimizer("sgd", hparams)))
+
+
+def _reference_adam_with_beta_ramp(grads_seq, lr, epochs, steps_per_epoch, tasks, ramped):
+  """The reference code's loop, written out in NumPy (PyTorch's Adam algorithm): after
+  every update, the first group's betas become get_betas(cfg, epoch) of the epoch that
+  update fell in; bias corrections use the current betas and the run's step count."""
+  betas = {k: (0.9, 0.999) for k in ramped}
+  m = {k: np.zeros_like(g) for k, g in grads_seq[0].items()}
+  v = {k: np.zeros_like(g) for k, g in grads_seq[0].items()}
+  out, t = [], 0
+  for _ in range(tasks):
+    for epoch in range(epochs):
+      for _ in range(steps_per_epoch):
+        g = grads_seq[t]
+        t += 1
+        update = {}
+        for k in g:
+          b1, b2 = betas[k]
+          m[k] = b1 * m[k] + (1 - b1) * g[k]
+          v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+          update[k] = -lr * (m[k] / (1 - b1**t)) / (np.sqrt(v[k]) / np.sqrt(1 - b2**t) + 1e-8)
+        out.append(update)
+        end = 2 * epochs  # utils/optimizers.py get_betas
+        for k in g:
+          if ramped[k]:
+            betas[k] = (0.9 + (0.99 - 0.9) * epoch / end, 0.999 + (0.75 - 0.999) * epoch / end)
+  return out
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_reference_beta_ramp_matches_the_reference_loop_over_tasks(name):
+  epochs, steps_per_epoch, tasks = 4, 3, 3
+  steps = epochs * steps_per_epoch * tasks
+  rng = np.random.default_rng(0)
+  grads = [{"hidden_0": rng.normal(size=3).astype(np.float32),
+            "output": rng.normal(size=2).astype(np.float32)} for _ in range(steps)]
+  hparams = optim.default_hparams(Config(optimizer=name))
+  if name == "adamw":
+    hparams["weight_decay"] = jnp.float32(0.0)
+  tx = optim.make_optimizer(name, hparams,
+                            beta_ramp=optim.BetaRamp("hidden_0", steps_per_epoch, epochs))
+  params = {"hidden_0": jnp.zeros(3), "output": jnp.zeros(2)}
+  state = jax.jit(tx.init)(params)
+  update = jax.jit(tx.update)
+  expected = _reference_adam_with_beta_ramp(grads, 1e-3, epochs, steps_per_epoch, tasks,
+                                            {"hidden_0": True, "output": False})
+  plain_tx = optim.make_optimizer(name, hparams)
+  plain_state = plain_tx.init(params)
+  for g, want in zip(grads, expected):
+    got, state = update(g, state, params)
+    chex.assert_trees_all_close(got, want, rtol=2e-4, atol=1e-9)
+    plain, plain_state = plain_tx.update(g, plain_state, params)
+  # Only the first layer is ramped: the output layer's updates are plain Adam's, the
+  # first layer's are not.
+  np.testing.assert_allclose(got["output"], plain["output"], rtol=1e-5)
+  assert np.max(np.abs(got["hidden_0"] / plain["hidden_0"] - 1)) > 0.01
+  # The last update (epoch 3 of task 3) ran with the betas set after epoch 3's second.
+  b1, b2 = optim.reference_betas(steps - 1, 0.9, 0.999, steps_per_epoch, epochs)
+  np.testing.assert_allclose([b1, b2], [0.9 + 0.09 * 3 / 8, 0.999 - 0.249 * 3 / 8], rtol=1e-6)
+
+
+def test_reference_betas_follow_get_betas_epoch_by_epoch():
+  # update c runs with the betas set after update c - 1: epoch of c - 1 within its task.
+  steps_per_epoch, epochs = 5, 10
+  counts = np.arange(0, 3 * steps_per_epoch * epochs)
+  b1, b2 = jax.vmap(lambda c: optim.reference_betas(c, 0.9, 0.999, steps_per_epoch, epochs))(
+      counts)
+  previous = np.maximum(counts - 1, 0)
+  epoch = (previous // steps_per_epoch) % epochs
+  np.testing.assert_allclose(b1, 0.9 + 0.09 * epoch / 20, rtol=1e-6)
+  np.testing.assert_allclose(b2, 0.999 - 0.249 * epoch / 20, rtol=1e-6)
+  # A task's last update runs with (0.9405, 0.886...); the next task's second restarts.
+  assert float(b1[steps_per_epoch * epochs]) == pytest.approx(0.9 + 0.09 * 9 / 20)
+  assert float(b1[steps_per_epoch * epochs + 1]) == pytest.approx(0.9)
+
+
+def test_reference_beta_ramp_is_refused_where_it_cannot_act():
+  with pytest.raises(ConfigError, match="adam_betas: .* acts only with optimizer adam or adamw"):
+    Config(optimizer="sgd", adam_betas="reference")
+  ramp = optim.BetaRamp("hidden_0", 3, 4)
+  with pytest.raises(ConfigError, match="adam_betas: 'reference' needs optimizer adam"):
+    optim.make_optimizer("sgd", optim.default_hparams(Config(optimizer="sgd")), beta_ramp=ramp)
+  with pytest.raises(ConfigError, match="adam_betas: 'reference' is not accepted with a unit"):
+    optim.make_optimizer("adam", optim.default_hparams(Config()), element_counts=True,
+                         beta_ramp=ramp)

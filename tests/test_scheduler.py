@@ -137,6 +137,38 @@ def test_warms_only_in_the_warm_window():
   np.testing.assert_allclose(late.multiplier, [1.01] * 2, rtol=1e-5)  # task step 3 < 5 only
 
 
+def test_run_warm_window_warms_only_early_in_the_run_as_the_reference_code():
+  params, batch, example_loss = problem()
+  make = lambda window: noise_curvature_scheduler(
+      optax.sgd(1e-6), check_every=2, safety=1e6, steps_per_task=10, warm_fraction=0.5,
+      warm_window=window, effective_step="sgd", learning_rate=1e-6)
+
+  def tasks(tx, p):  # three tasks of 10 steps: task_step restarts, the run's count does not
+    state = tx.init(p)
+    for _ in range(3):
+      state = jax.jit(lambda p, s: run_from(tx, p, s, batch, example_loss, 10))(p, state)
+    return state
+
+  # Checks at task steps 1, 3, 5, 7, 9; the run's first check only fills the window.
+  # task: steps 3 (task 1) and 1, 3 (tasks 2, 3) are < 5; run: step 3 of task 1 only.
+  np.testing.assert_allclose(tasks(make("task"), params).multiplier, [1.01**5] * 2, rtol=1e-5)
+  np.testing.assert_allclose(tasks(make("run"), params).multiplier, [1.01] * 2, rtol=1e-5)
+  with pytest.raises(ValueError, match="warm_window: 'global' is not accepted; choose one of "
+                     "task, run"):
+    make("global")
+
+
+def run_from(tx, params, state, batch, example_loss, steps):
+  """`steps` updates of one task (task_step 0..steps-1) from an existing state."""
+  def body(state, i):
+    grads = jax.grad(mean_loss, argnums=1)(example_loss, params, batch)
+    _, state = tx.update(grads, state, params, example_loss=example_loss, batch=batch,
+                         task_step=i)
+    return state, None
+
+  return jax.lax.scan(body, state, jnp.arange(steps))[0]
+
+
 def test_vmap_over_seeds_keeps_each_seed_its_own_multipliers_and_checks_on_schedule():
   params, batch, example_loss = problem()
   tx = noise_curvature_scheduler(optax.adam(1e-2), check_every=3, safety=0.8, threshold="paper",

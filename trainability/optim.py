@@ -17,12 +17,29 @@ correction starts over. With one shared count, zeroed moments of a reset weight
 would be "corrected" as if they had hundreds of steps behind them, and its first
 updates would be several times too large. Without resets the two are the same
 optimizer (tested).
+
+`adam_betas="reference"` (`--adam-betas reference`) reproduces what the
+reference code (sheeerio/continual, branch `sept`) does to every Adam run,
+vanilla ones included, without saying so: after each update it overwrites the
+betas of its first parameter group (the input layer, weights and bias) with
+`get_betas(cfg, epoch)`, a ramp over the epoch of the current task,
+
+    b1(e) = b1 + (0.99 - b1) e / (2 E),   b2(e) = b2 + (0.75 - b2) e / (2 E),
+
+E the epochs per task, e = 0..E-1 the epoch the update fell in, restarting at
+every task (about (0.943, 0.879) at a task's end with the defaults). So update
+number c (0-based, over the run) uses the betas of the epoch of update c - 1:
+the first update of each epoch still runs with the previous epoch's betas, the
+first of a task with the last epoch's of the task before. PyTorch's Adam
+corrects the bias with the current betas and the run's step count, as
+`optax.scale_by_adam` does (`scale_by_adam_beta_ramp`). The paper does not
+mention this schedule; the default, "constant", does not apply it.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,15 +91,79 @@ def scale_by_adam_per_element(b1: float = 0.9, b2: float = 0.999, eps: float = 1
   return optax.GradientTransformation(init, update)
 
 
-def _adam_per_element(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
-  return optax.chain(scale_by_adam_per_element(b1, b2, eps),
-                     optax.scale_by_learning_rate(learning_rate))
+def reference_betas(count, b1, b2, steps_per_epoch: int, epochs: int):
+  """(b1, b2) of the reference code's first parameter group at update `count` (0-based).
+
+  The betas were set after update count - 1 from the within-task epoch it fell
+  in (module doc); update 0 runs with (b1, b2).
+  """
+  previous = jnp.maximum(jnp.asarray(count, jnp.int32) - 1, 0)
+  epoch = (previous // steps_per_epoch) % epochs
+  fraction = epoch.astype(jnp.float32) / (2.0 * epochs)
+  return b1 + (0.99 - b1) * fraction, b2 + (0.75 - b2) * fraction
 
 
-def _adamw_per_element(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4):
-  return optax.chain(scale_by_adam_per_element(b1, b2, eps),
-                     optax.add_decayed_weights(weight_decay),
-                     optax.scale_by_learning_rate(learning_rate))
+def scale_by_adam_beta_ramp(b1: float, b2: float, eps: float, ramped: Callable,
+                            steps_per_epoch: int, epochs: int):
+  """`optax.scale_by_adam` whose leaves marked by `ramped` use `reference_betas`.
+
+  ramped(tree) -> a tree of Python bools like `tree` (True: the reference's
+  first parameter group). The state is an `optax.ScaleByAdamState` over every
+  parameter, so code that reads Adam's moments finds them all in one place.
+  """
+
+  def init(params):
+    zeros = lambda p: jnp.zeros_like(p)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
+                                  mu=jax.tree.map(zeros, params), nu=jax.tree.map(zeros, params))
+
+  def update(updates, state, params=None):
+    del params
+    ramp1, ramp2 = reference_betas(state.count, b1, b2, steps_per_epoch, epochs)
+    marks = ramped(updates)
+    beta1 = jax.tree.map(lambda r: ramp1 if r else b1, marks)
+    beta2 = jax.tree.map(lambda r: ramp2 if r else b2, marks)
+    mu = jax.tree.map(lambda g, m, b: b * m + (1 - b) * g, updates, state.mu, beta1)
+    nu = jax.tree.map(lambda g, v, b: b * v + (1 - b) * g * g, updates, state.nu, beta2)
+    count = optax.safe_increment(state.count)
+    t = count.astype(jnp.float32)
+    scaled = jax.tree.map(
+        lambda m, v, c1, c2: (m / (1 - c1**t)) / (jnp.sqrt(v / (1 - c2**t)) + eps),
+        mu, nu, beta1, beta2)
+    return scaled, optax.ScaleByAdamState(count, mu, nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+class BetaRamp(NamedTuple):
+  """The reference code's beta ramp on one layer (module doc)."""
+
+  layer: str            # the top-level params key it acts on (the input layer)
+  steps_per_epoch: int
+  epochs: int           # epochs per task
+
+  def marks(self, tree):
+    return {k: jax.tree.map(lambda _: k == self.layer, v) for k, v in tree.items()}
+
+
+def _ramped(factory_of_scale, ramp: BetaRamp):
+  """An Adam-family factory whose scaling is `scale_by_adam_beta_ramp` under `ramp`."""
+  def scale(b1, b2, eps):
+    return scale_by_adam_beta_ramp(b1, b2, eps, ramp.marks, ramp.steps_per_epoch, ramp.epochs)
+  return factory_of_scale(scale)
+
+
+def _adam_with(scale):
+  def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
+    return optax.chain(scale(b1, b2, eps), optax.scale_by_learning_rate(learning_rate))
+  return adam
+
+
+def _adamw_with(scale):
+  def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4):
+    return optax.chain(scale(b1, b2, eps), optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_learning_rate(learning_rate))
+  return adamw
 
 
 _ADAM = {"learning_rate": "lr", "b1": "b1", "b2": "b2", "eps": "eps", "l2": "l2"}
@@ -96,8 +177,12 @@ OPTIMIZERS = {
 }
 
 # The same optimizers with a step count per element (only Adam's count is per step).
-ELEMENT_COUNT_FACTORIES = {"adam": _with_coupled_l2(_adam_per_element),
-                           "adamw": _with_coupled_l2(_adamw_per_element)}
+ELEMENT_COUNT_FACTORIES = {"adam": _with_coupled_l2(_adam_with(scale_by_adam_per_element)),
+                           "adamw": _with_coupled_l2(_adamw_with(scale_by_adam_per_element))}
+
+
+# Adam-family factories, built from their scaling (for the beta ramp).
+RAMPED_FACTORIES = {"adam": _adam_with, "adamw": _adamw_with}
 
 
 def default_hparams(config) -> dict[str, jnp.ndarray]:
@@ -107,14 +192,24 @@ def default_hparams(config) -> dict[str, jnp.ndarray]:
 
 
 def make_optimizer(name: str, hparams: Mapping[str, jnp.ndarray],
-                   element_counts: bool = False) -> optax.GradientTransformation:
+                   element_counts: bool = False,
+                   beta_ramp: BetaRamp | None = None) -> optax.GradientTransformation:
   """An injectable optax optimizer; `hparams` may be traced arrays.
 
   element_counts: Adam/AdamW keep a step count per element (see the module
   doc); SGD has no count, so it is unchanged.
+  beta_ramp: Adam/AdamW with the reference code's beta ramp on one layer
+  (`adam_betas="reference"`, module doc).
   """
   factory, fields = _lookup(name)
-  if element_counts:
+  if beta_ramp is not None:
+    if name not in RAMPED_FACTORIES:
+      raise ConfigError(f"adam_betas: 'reference' needs optimizer adam or adamw, not {name!r}")
+    if element_counts:
+      raise ConfigError("adam_betas: 'reference' is not accepted with a unit reset (cbp, "
+                        "redo), whose Adam keeps a step count per element; use 'constant'")
+    factory = _with_coupled_l2(_ramped(RAMPED_FACTORIES[name], beta_ramp))
+  elif element_counts:
     factory = ELEMENT_COUNT_FACTORIES.get(name, factory)
   unknown = sorted(set(hparams) - set(fields))
   if unknown:
@@ -173,6 +268,10 @@ SETTINGS = (
             check=Number(0.0, 1.0, high_open=True)),
     Setting("b1", 0.9, "adam/adamw: beta1", float, check=Number(0.0, 1.0, high_open=True)),
     Setting("b2", 0.999, "adam/adamw: beta2", float, check=Number(0.0, 1.0, high_open=True)),
+    Setting("adam_betas", "constant", "adam/adamw: constant (b1, b2), or reference: the "
+            "reference code's per-task ramp of the first layer's betas towards (0.99, 0.75) "
+            "(see optim.py)", str, ("constant", "reference"),
+            acts_with=("optimizer", ("adam", "adamw"))),
     Setting("eps", 1e-8, "adam/adamw: epsilon", float, check=Number(0.0, low_open=True)),
     Setting("weight_decay", 1e-4, "adamw: decoupled weight decay", float, check=Number(0.0)),
     Setting("l2", 0.0, "coupled L2: l2 * params added to the gradient (torch weight_decay; "

@@ -97,6 +97,7 @@ from trainability.signals import (  # noqa: F401
     observe, reference_term, window_statistics)
 
 SCHEDULERS = ("none", "noise_curvature")
+WARM_WINDOWS = ("task", "run")
 # The rule's settings (the signals' are signals.SETTINGS).
 SETTINGS = (
     Setting("scheduler", "none", "per-layer step-size scheduler wrapped around the optimizer",
@@ -111,6 +112,10 @@ SETTINGS = (
             check=Number(1.0)),
     Setting("warm_fraction", 0.3, "noise_curvature: warming allowed in this first fraction of "
             "a task, in [0, 1]", float, check=Number(0.0, 1.0)),
+    Setting("warm_window", "task", "noise_curvature: what warm_fraction is a fraction of: "
+            "task (paper: the first steps of every task) or run (reference code: the run's "
+            "update count against one task's length, so only early in the first task)", str,
+            WARM_WINDOWS),
     Setting("floor", 0.0, "noise_curvature: cool only when the step exceeds this (Algorithm 1 "
             "as published and the reference code: 0.12)", float, check=Number(0.0)),
 )
@@ -119,9 +124,9 @@ RULE = {s.name: s.default for s in SETTINGS}
 # Arguments that fix shapes, loop lengths or code paths; with
 # optax.inject_hyperparams pass static_args=STATIC_ARGS (the float
 # hyperparameters stay injectable).
-STATIC_ARGS = ("check_every", "window", "curvature", "curvature_steps", "curvature_tol",
-               "steps_per_task", "seed", "variance", "effective_step", "group_fn", "threshold",
-               "reference_param")
+STATIC_ARGS = ("check_every", "window", "warm_window", "curvature", "curvature_steps",
+               "curvature_tol", "steps_per_task", "seed", "variance", "effective_step",
+               "group_fn", "threshold", "reference_param")
 
 
 class NoiseCurvatureState(NamedTuple):
@@ -149,6 +154,7 @@ def noise_curvature_scheduler(
     reference_param: str | None = DEFAULTS.reference_param,
     kappa: float = DEFAULTS.kappa,
     warm_fraction: float = RULE["warm_fraction"],
+    warm_window: str = RULE["warm_window"],
     steps_per_task: int | None = None,
     floor: float = RULE["floor"],
     curvature: str = DEFAULTS.curvature,
@@ -185,6 +191,12 @@ def noise_curvature_scheduler(
     kappa: alpha_vol = 1 / (kappa * Vol) (recorded in every mode).
     warm_fraction: warming is allowed in the first warm_fraction of a task
       (paper 0.3; reference code 0.1), when alpha < 0.3 * gamma * alpha_tilde.
+    warm_window: "task" (default, paper Algorithm 1): warming is allowed
+      while task_step < warm_fraction * steps_per_task, early in every task;
+      "run" (the reference code): while the updates of the whole run before
+      this one are fewer than warm_fraction * steps_per_task, so only early in
+      the first task (the reference compares its global update counter with
+      0.1 x one task's length).
     steps_per_task: T_task, for the warm window (None: never warm).
     floor: cool only layers with alpha > floor. 0 (default) is off; 0.12 is
       Algorithm 1 as published (and the reference code's floor).
@@ -217,6 +229,9 @@ def noise_curvature_scheduler(
                             curvature, curvature_steps, curvature_tol, effective_step).resolved()
   if not isinstance(check_every, int) or check_every < 1:
     raise ValueError(f"check_every: {check_every!r} is not accepted; give an integer >= 1")
+  if warm_window not in WARM_WINDOWS:
+    raise ValueError(f"warm_window: {warm_window!r} is not accepted; choose one of "
+                     f"{', '.join(WARM_WINDOWS)}")
 
   def init(params) -> NoiseCurvatureState:
     layers = estimators.layers_of(params, group_fn)
@@ -268,9 +283,11 @@ def noise_curvature_scheduler(
         Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
         example_loss, batch, step, agg, measure_key, settings, gradient_noise=gradient_noise,
         mask=element_mask)
+    # Updates before this one, of the task or of the run (state.count includes this one).
+    before = task_step if warm_window == "task" else state.count - 1
     in_warm_window = (
-        jnp.bool_(False) if task_step is None or steps_per_task is None
-        else jnp.asarray(task_step) < warm_fraction * steps_per_task)
+        jnp.bool_(False) if before is None or steps_per_task is None
+        else jnp.asarray(before) < warm_fraction * steps_per_task)
     decision = decide(step, m.alpha_tilde, safety, floor, in_warm_window,
                       ready=signals.checks >= 2)
     factor = jnp.where(decision.cool, cool, jnp.where(decision.warm, warm, 1.0))

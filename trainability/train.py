@@ -176,9 +176,14 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
   parts = comp.check_components(built_in + tuple(components))
   element_counts = any(c.element_counts for c in parts)
   wrappers = [c.wrap_optimizer for c in parts if c.wrap_optimizer is not None]
+  layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
+  beta_ramp = None
+  if config.optimizer in ("adam", "adamw") and config.adam_betas == "reference":
+    beta_ramp = optim.BetaRamp(layer_names[0], steps_per_epoch, config.epochs)
 
   def make_tx(hparams):
-    tx = optim.make_optimizer(config.optimizer, hparams, element_counts=element_counts)
+    tx = optim.make_optimizer(config.optimizer, hparams, element_counts=element_counts,
+                              beta_ramp=beta_ramp)
     for wrap in wrappers:
       tx = wrap(tx)
     return optax.with_extra_args_support(tx)
@@ -317,7 +322,6 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
   def train(key, hparams=None) -> TaskMetrics:
     return run_tasks(init(key, hparams), jnp.arange(config.tasks))[1]
 
-  layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
   return Trainer(init, run_tasks, train, model, stream, steps_per_epoch, layer_names,
                  {} if suite is None else dict(suite.labels), parts)
 
