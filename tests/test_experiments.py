@@ -1,6 +1,7 @@
 """Smoke tests of the experiment scripts: tiny runs write their table and figures."""
 
 import csv
+import json
 import importlib.util
 import pathlib
 import sys
@@ -326,3 +327,125 @@ def test_quantum_bad_flags_are_one_line_errors(argv, message, monkeypatch, tmp_p
   script = _load("quantum", monkeypatch)
   with pytest.raises(SystemExit, match=message):
     script.main(argv + ["--out", str(tmp_path)])
+
+
+# paper_full.py on digits (500 images, batch 50, 40 epochs: 400 steps, one check at
+# K = 400 per task), so the test needs no Fashion-MNIST.
+PAPER_TINY = ["--subset", "500", "--batch-size", "50", "--epochs", "40", "--tasks", "2",
+              "--seeds", "1"]
+
+
+def test_paper_full_runs_arms_in_parallel_writes_outputs_and_skips_finished(
+    tmp_path, monkeypatch, capsys):
+  script = _load("paper_full", monkeypatch)
+  monkeypatch.setattr(script, "PAPER", PAPER_TINY)
+  monkeypatch.setattr(script.modes, "ensure_fashion_mnist", lambda: None)
+  argv = ["--arms", "l2,l2+reference", "--seeds", "1", "--parallel", "2", "--out", str(tmp_path)]
+  assert script.main(argv) == 0
+  rows = script.modes.read_csv(tmp_path / "paper_full.csv")
+  assert [(r["arm"], r["task"]) for r in rows] == [("l2", "0"), ("l2", "1"),
+                                                   ("l2+reference", "0"), ("l2+reference", "1")]
+  assert all(len(r["lr_multiplier_per_layer"].split()) == 3 for r in rows[2:])
+  run = tmp_path / "paper_full" / "l2+reference" / "seed0"
+  config = json.load(open(run / "config.json"))["config"]
+  assert (config["check_every"], config["floor"], config["warm_window"], config["l2"]) == (
+      400, 0.12, "run", 1e-3)
+  assert not (run / "checkpoints").exists()  # a finished run's checkpoint is deleted
+  assert [r["tasks"] for r in script.modes.read_csv(run / "timing.csv")] == ["2"]
+  table = (tmp_path / "paper_full_table.md").read_text()
+  assert "| l2+reference | 1 | 2 |" in table and "~0.49" in table
+  for name in ("paper_full.png", "paper_full_lr.png"):
+    assert (tmp_path / name).stat().st_size > 10_000
+  capsys.readouterr()
+  assert script.main(argv) == 0
+  assert capsys.readouterr().out.count("complete, skipped") == 2
+
+
+def test_paper_full_resumes_from_a_checkpoint_and_refuses_other_flags(tmp_path, monkeypatch):
+  script = _load("paper_full", monkeypatch)
+  flags = script.run_flags("l2", 0, None, None)
+  assert flags[flags.index("--epochs") + 1] == "250" and flags[flags.index("--tasks") + 1] == "40"
+  out = tmp_path / "l2" / "seed0"
+  fresh = script.command(str(out), flags)
+  assert fresh[-3:] == ["--out", str(out), "--no-progress"]
+  assert json.load(open(out / "flags.json")) == flags
+  # One task done and checkpointed: resume.
+  (out / "results.csv").write_text("seed,task,online_accuracy\n0,0,0.5\n")
+  (out / "checkpoints" / "1").mkdir(parents=True)
+  assert script.command(str(out), flags)[-3:] == ["--resume", str(out), "--no-progress"]
+  # All tasks done: nothing to run.
+  (out / "results.csv").write_text("seed,task,online_accuracy\n" + "".join(
+      f"0,{t},0.5\n" for t in range(40)))
+  assert script.command(str(out), flags) is None
+  with pytest.raises(SystemExit, match="was run with other flags"):
+    script.command(str(out), script.run_flags("l2", 0, 100, None))
+  with pytest.raises(SystemExit, match="--arms: 'adam' is not accepted"):
+    script.main(["--arms", "adam"])
+  with pytest.raises(SystemExit, match="--parallel: 0 is not accepted"):
+    script.main(["--parallel", "0"])
+
+
+def test_paper_full_condensed_checks_keep_tasks_of_an_earlier_machine(tmp_path, monkeypatch):
+  """A run resumed on a new machine has a checks.csv of the later tasks only: the
+  condensed files keep the earlier tasks' rows and add the new ones."""
+  script = _load("paper_full", monkeypatch)
+  columns = ["seed", "task", "check", "step", "layer", "alpha", "alpha_g", "alpha_vol",
+             "alpha_tilde", "lam_bar", "multiplier"]
+
+  def checks(tasks):
+    with open(tmp_path / "checks.csv", "w") as f:
+      f.write(",".join(columns) + "\n")
+      for t in tasks:
+        f.write(",".join(["0", str(t), "0", "399", "hidden_0"] + ["0.5"] * 5 + [str(1 + t)])
+                + "\n")
+
+  checks([0, 1])
+  script.condense(str(tmp_path))
+  checks([2])  # the new machine's checks.csv
+  script.condense(str(tmp_path))
+  rows = script.modes.read_csv(tmp_path / "multipliers.csv")
+  assert [(r["task"], r["multiplier"]) for r in rows] == [("0", "1"), ("1", "2"), ("2", "3")]
+  assert [r["task"] for r in script.modes.read_csv(tmp_path / "checks_seed0.csv")] == [
+      "0", "1", "2"]
+
+
+def test_reference_match_report_compares_per_task_within_seed_spread(tmp_path, monkeypatch):
+  script = _load("reference_match", monkeypatch)
+  root = tmp_path / "reference_match"
+  (root / "reference").mkdir(parents=True)
+  for seed, accs in enumerate([[0.50, 0.40], [0.52, 0.44]]):
+    with open(root / "reference" / f"l2_seed{seed}.csv", "w") as f:
+      f.write("task,online_accuracy,loss,seconds,lr_fc1,lr_fc2,lr_fc4\n")
+      for t, a in enumerate(accs):
+        f.write(f"{t},{a},1.0,1.0,0.001,0.001,0.001\n")
+  library = root / "library" / "l2"
+  library.mkdir(parents=True)
+  (library / "results.csv").write_text(
+      "seed,task,online_accuracy,loss,final_accuracy\n0,0,0.51,1,1\n0,1,0.30,1,1\n"
+      "1,0,0.50,1,1\n1,1,0.31,1,1\n")
+  (library / "config.json").write_text(json.dumps({"config": {"lr": 1e-3}}))
+  assert script.main(["--report", "--out", str(tmp_path)]) == 0
+  table = (tmp_path / "reference_match.md").read_text()
+  # Task 1: means 0.510 and 0.505 (sd 0.010 and 0.005): agree. Task 2: 0.420 against
+  # 0.305, sd 0.020: no.
+  assert "| 1 | 0.510 ± 0.010 | 0.505 ± 0.005 | -0.005 | yes |" in table
+  assert "| 2 | 0.420 ± 0.020 | 0.305 ± 0.005 | -0.115 | no |" in table
+  assert "1 of 2 tasks agree." in table
+  rows = script.modes.read_csv(tmp_path / "reference_match.csv")
+  assert {r["source"] for r in rows} == {"reference", "library"} and len(rows) == 8
+  with pytest.raises(SystemExit, match="--reference, --torch-python: both are needed"):
+    script.main(["--out", str(tmp_path)])
+
+
+def test_reference_harness_records_one_row_per_task_end(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(str(EXPERIMENTS / "reference"))
+  import run_reference
+  recorder = run_reference.Recorder(str(tmp_path / "r.csv"))
+  wandb = recorder.module()
+  wandb.log({"J": 2.0})  # a check's log: no row
+  for task in range(2):
+    wandb.log({"task_acc": 0.1 + task, "J": 2.0})
+  rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+  assert [(r["task"], r["online_accuracy"]) for r in rows] == [("0", "0.1"), ("1", "1.1")]
+  with pytest.raises(SystemExit, match="reference: no implicit_regularization.py"):
+    run_reference.main(["--reference", str(tmp_path), "--out", str(tmp_path / "x.csv")])

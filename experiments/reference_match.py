@@ -1,0 +1,218 @@
+"""Whole-run match: the reference code and this library, same data, same settings.
+
+    python experiments/reference_match.py --reference /tmp/continual --torch-python /tmp/refvenv/bin/python
+    python experiments/reference_match.py --report     # rewrite the outputs from what ran
+
+Random labels on 21,000 Fashion-MNIST images, MLP 784-256-256-10, batch 256,
+10 tasks x 25 epochs, four arms: CReLU at Adam lr 1e-2 and coupled L2 1e-3 at
+lr 1e-3, each vanilla and scheduled. The reference code (sheeerio/continual,
+branch `sept`, run unmodified by experiments/reference/run_reference.py) runs
+`--lr_schedule pl_lyapunov` for its scheduler; the library runs with every
+setting of the reference that it exposes (`REFERENCE_SETTINGS`): threshold
+`reference` (sqm10), a check every 400 steps, the 0.12 floor, warming only
+while the run's update count is below 0.1 of a task (`--warm-window run`),
+100 power iterations, and the reference's Adam beta ramp on the first layer
+(`--adam-betas reference`), which the reference applies to vanilla runs too.
+What still differs, by design or by framework, is listed in
+experiments/reference/README.md.
+
+Per arm, the reference runs `--seeds` seeds one after the other (seeds 0, 1, ...,
+one CSV each, skipped when complete); the library runs as many seeds at once.
+Outputs: reference_match.csv (one row per source x arm x seed x task: online
+accuracy and each layer's learning rate at the task's end), reference_match.md
+(per arm and task the two means, their difference and the seed-to-seed spread)
+and reference_match.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import scheduler_modes as modes  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+TASKS, EPOCHS = 10, 25
+REFERENCE_SETTINGS = ["--threshold", "reference", "--check-every", "400", "--floor", "0.12",
+                      "--warm-fraction", "0.1", "--warm-window", "run", "--curvature", "power",
+                      "--curvature-steps", "100"]
+# arm: (the reference code's flags, the library's flags)
+ARMS = {
+    "crelu": (["--activation", "crelu", "--lr", "1e-2"], ["--activation", "crelu", "--lr", "1e-2"]),
+    "crelu+scheduled": (["--activation", "crelu", "--lr", "1e-2", "--lr_schedule", "pl_lyapunov"],
+                        ["--activation", "crelu", "--lr", "1e-2", "--scheduler", "noise_curvature",
+                         *REFERENCE_SETTINGS]),
+    "l2": (["--reg", "l2", "--l2_lambda", "1e-3", "--lr", "1e-3"], ["--l2", "1e-3"]),
+    "l2+scheduled": (["--reg", "l2", "--l2_lambda", "1e-3", "--lr", "1e-3", "--lr_schedule",
+                      "pl_lyapunov"],
+                     ["--l2", "1e-3", "--scheduler", "noise_curvature", *REFERENCE_SETTINGS]),
+}
+LIBRARY = ["--dataset", "fashion_mnist", "--subset", "21000", "--batch-size", "256",
+           "--adam-betas", "reference"]
+# The reference's layers (torch module names) in the library's names.
+LAYERS = {"fc1": "hidden_0", "fc2": "hidden_1", "fc4": "output"}
+
+
+def reference_runs(reference: str, torch_python: str, root: str, arm: str, seeds: int,
+                   tasks: int, epochs: int) -> None:
+  for seed in range(seeds):
+    out = os.path.join(root, "reference", f"{arm}_seed{seed}.csv")
+    if os.path.exists(out) and len(modes.read_csv(out)) >= tasks:
+      print(f"  reference {arm} seed {seed}: complete, skipped", flush=True)
+      continue
+    command = [torch_python, os.path.join(HERE, "reference", "run_reference.py"),
+               "--reference", reference, "--out", out, "--",
+               "--dataset", "MNIST", "--runs", str(tasks), "--epochs", str(epochs),
+               "--batch_size", "256", "--seed", str(seed), *ARMS[arm][0]]
+    print(f"  reference {arm} seed {seed}: {' '.join(command)}", flush=True)
+    subprocess.run(command, check=True)
+
+
+def library_run(root: str, arm: str, seeds: int, tasks: int, epochs: int) -> None:
+  out = os.path.join(root, "library", arm)
+  flags = LIBRARY + ARMS[arm][1] + ["--tasks", str(tasks), "--epochs", str(epochs),
+                                    "--seeds", str(seeds)]
+  modes.run_arm(out, flags)  # skipped when complete with these flags
+
+
+def rows(root: str):
+  """(source, arm, seed, task, online accuracy, {layer: lr at the task's end})."""
+  for arm in ARMS:
+    for seed in range(100):
+      path = os.path.join(root, "reference", f"{arm}_seed{seed}.csv")
+      if not os.path.exists(path):
+        break
+      for r in modes.read_csv(path):
+        lrs = {LAYERS[k[3:]]: float(v) for k, v in r.items() if k.startswith("lr_")}
+        yield "reference", arm, seed, int(r["task"]), float(r["online_accuracy"]), lrs
+    out = os.path.join(root, "library", arm)
+    if not os.path.exists(os.path.join(out, "results.csv")):
+      continue
+    lr = json.load(open(os.path.join(out, "config.json")))["config"]["lr"]
+    for name, seed, task, acc, _, _, per_layer in modes.arm_rows(arm, out):
+      values = [float(v) for v in per_layer.split()] or [1.0] * 3
+      yield ("library", arm, int(seed), int(task), float(acc),
+             dict(zip(LAYERS.values(), [lr * v for v in values])))
+
+
+def report(root: str, results_dir: str) -> None:
+  table = list(rows(root))
+  stem = os.path.join(results_dir, "reference_match")
+  with open(f"{stem}.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["source", "arm", "seed", "task", "online_accuracy", *[
+        f"lr_{name}" for name in LAYERS.values()]])
+    for source, arm, seed, task, acc, lrs in table:
+      writer.writerow([source, arm, seed, task, f"{acc:.4f}",
+                       *[f"{lrs.get(n, float('nan')):.4g}" for n in LAYERS.values()]])
+  acc = {}
+  for source, arm, seed, task, value, _ in table:
+    acc.setdefault((arm, source), {}).setdefault(task, []).append(value)
+  lines = ["Online accuracy per task: mean ± standard deviation over seeds "
+           "(reference: seeds run one by one; library: vmapped seeds). 'agree' when the "
+           "difference of the means is at most twice the larger of the two standard "
+           "deviations.\n"]
+  for arm in ARMS:
+    ref, lib = acc.get((arm, "reference"), {}), acc.get((arm, "library"), {})
+    if not ref and not lib:
+      continue
+    nref = max((len(v) for v in ref.values()), default=0)
+    nlib = max((len(v) for v in lib.values()), default=0)
+    lines += [f"\n### {arm} (reference {nref} seeds, library {nlib} seeds)\n",
+              "| task | reference | library | difference | agree |", "| --- | --- | --- | --- | --- |"]
+    agree = 0
+    for task in sorted(set(ref) | set(lib)):
+      r, l = np.array(ref.get(task, [])), np.array(lib.get(task, []))
+      cell = lambda a: f"{a.mean():.3f} ± {a.std():.3f}" if len(a) else ""
+      if len(r) and len(l):
+        diff = l.mean() - r.mean()
+        ok = abs(diff) <= 2 * max(r.std(), l.std())
+        agree += ok
+        lines.append(f"| {task + 1} | {cell(r)} | {cell(l)} | {diff:+.3f} | "
+                     f"{'yes' if ok else 'no'} |")
+      else:
+        lines.append(f"| {task + 1} | {cell(r)} | {cell(l)} | | |")
+    lines.append(f"\n{agree} of {len(set(ref) & set(lib))} tasks agree.")
+    lrs = [(s, t, lr) for s, a, _, t, _, lr in table if a == arm and "+" in arm]
+    if lrs:
+      last = max(t for _, t, _ in lrs)
+      for source in ("reference", "library"):
+        at = [lr for s, t, lr in lrs if s == source and t == last]
+        if at:
+          mean = {n: np.mean([lr[n] for lr in at]) for n in LAYERS.values()}
+          lines.append(f"Learning rates after task {last + 1}, {source} (mean over seeds): "
+                       + ", ".join(f"{n} {v:.3g}" for n, v in mean.items()) + ".")
+  with open(f"{stem}.md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  plot(stem, acc)
+
+
+def plot(stem, acc) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(ARMS), figsize=(4.0 * len(ARMS), 3.4), squeeze=False)
+  for ax, arm in zip(axes[0], ARMS):
+    for source, color in (("reference", "C3"), ("library", "C0")):
+      by_task = acc.get((arm, source), {})
+      for task, values in sorted(by_task.items()):
+        ax.plot([task + 1] * len(values), values, ".", color=color, alpha=0.5)
+      tasks = sorted(by_task)
+      ax.plot([t + 1 for t in tasks], [np.mean(by_task[t]) for t in tasks], color=color,
+              label=source)
+    ax.set(title=arm, xlabel="task", ylabel="average online accuracy")
+    ax.legend(fontsize=7)
+  fig.suptitle("reference code against the library, 10 tasks x 25 epochs (dots: seeds)",
+               fontsize=10)
+  fig.tight_layout()
+  fig.savefig(f"{stem}.png", dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--reference", help="a checkout of sheeerio/continual, branch sept")
+  parser.add_argument("--torch-python", help="a Python with torch (see experiments/reference)")
+  parser.add_argument("--arms", default="all", help="comma list of arm names, or all")
+  parser.add_argument("--seeds", type=int, default=2, help="reference seeds per arm")
+  parser.add_argument("--library-seeds", type=int, default=3, help="library seeds per arm")
+  parser.add_argument("--tasks", type=int, default=TASKS)
+  parser.add_argument("--epochs", type=int, default=EPOCHS)
+  parser.add_argument("--only", choices=("reference", "library"), default=None,
+                      help="run one side only")
+  parser.add_argument("--out", default=None, help="directory of the runs and outputs "
+                      "(default: runs in experiments/results/reference_match)")
+  parser.add_argument("--report", action="store_true", help="only rewrite the outputs")
+  args = parser.parse_args(argv)
+  chosen = list(ARMS) if args.arms == "all" else args.arms.split(",")
+  for arm in chosen:
+    if arm not in ARMS:
+      raise SystemExit(f"--arms: {arm!r} is not accepted; choose from {', '.join(ARMS)}")
+  root = os.path.join(args.out or RESULTS, "reference_match")
+  if not args.report:
+    if args.only != "library" and not (args.reference and args.torch_python):
+      raise SystemExit("--reference, --torch-python: both are needed to run the reference "
+                       "(or give --only library, or --report)")
+    modes.ensure_fashion_mnist()
+    for arm in chosen:
+      if args.only != "reference":
+        library_run(root, arm, args.library_seeds, args.tasks, args.epochs)
+      if args.only != "library":
+        reference_runs(args.reference, args.torch_python, root, arm, args.seeds, args.tasks,
+                       args.epochs)
+      report(root, args.out or RESULTS)
+  report(root, args.out or RESULTS)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
