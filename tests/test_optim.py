@@ -180,6 +180,9 @@ def test_reference_betas_follow_get_betas_epoch_by_epoch():
 def test_reference_beta_ramp_is_refused_where_it_cannot_act():
   with pytest.raises(ConfigError, match="adam_betas: .* acts only with optimizer adam or adamw"):
     Config(optimizer="sgd", adam_betas="reference")
+  with pytest.raises(ConfigError, match="adam_betas: 'reference' is not accepted with "
+                     "unit_reset 'cbp'"):
+    Config(adam_betas="reference", unit_reset="cbp")
   ramp = optim.BetaRamp("hidden_0", 3, 4)
   with pytest.raises(ConfigError, match="adam_betas: 'reference' needs optimizer adam"):
     optim.make_optimizer("sgd", optim.default_hparams(Config(optimizer="sgd")), beta_ramp=ramp)

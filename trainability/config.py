@@ -67,6 +67,10 @@ class _Methods:
     problem = models.init_problem(self.init, widths)
     if problem:
       raise ConfigError(problem)
+    if self.adam_betas == "reference" and self.unit_reset != "none":
+      raise ConfigError(
+          f"adam_betas: 'reference' is not accepted with unit_reset {self.unit_reset!r}, whose "
+          "Adam keeps a step count per element; use 'constant' or unit_reset none")
     if self.heldout and self.stream == "random_labels":
       raise ConfigError(
           "heldout: random labels have no held-out labels; accepted streams "
