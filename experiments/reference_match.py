@@ -62,18 +62,30 @@ LAYERS = {"fc1": "hidden_0", "fc2": "hidden_1", "fc4": "output"}
 
 
 def reference_runs(reference: str, torch_python: str, root: str, arm: str, seeds: int,
-                   tasks: int, epochs: int) -> None:
+                   tasks: int, epochs: int, parallel: int) -> None:
+  """The reference's seeds 0..seeds-1 of `arm`, `parallel` at a time (one thread each)."""
+  pending = []
   for seed in range(seeds):
     out = os.path.join(root, "reference", f"{arm}_seed{seed}.csv")
     if os.path.exists(out) and len(modes.read_csv(out)) >= tasks:
       print(f"  reference {arm} seed {seed}: complete, skipped", flush=True)
       continue
-    command = [torch_python, os.path.join(HERE, "reference", "run_reference.py"),
-               "--reference", reference, "--out", out, "--",
-               "--dataset", "MNIST", "--runs", str(tasks), "--epochs", str(epochs),
-               "--batch_size", "256", "--seed", str(seed), *ARMS[arm][0]]
-    print(f"  reference {arm} seed {seed}: {' '.join(command)}", flush=True)
-    subprocess.run(command, check=True)
+    pending.append([torch_python, os.path.join(HERE, "reference", "run_reference.py"),
+                    "--reference", reference, "--out", out, "--",
+                    "--dataset", "MNIST", "--runs", str(tasks), "--epochs", str(epochs),
+                    "--batch_size", "256", "--seed", str(seed), *ARMS[arm][0]])
+  running = []
+  while pending or running:
+    while pending and len(running) < parallel:
+      command = pending.pop(0)
+      print(f"  reference {arm}: {' '.join(command)}", flush=True)
+      running.append(subprocess.Popen(command))
+    running[0].wait()
+    for process in [p for p in running if p.poll() is not None]:
+      running.remove(process)
+      if process.returncode:
+        raise SystemExit(f"reference {arm}: {' '.join(process.args)} exited with "
+                         f"{process.returncode}")
 
 
 def library_run(root: str, arm: str, seeds: int, tasks: int, epochs: int) -> None:
@@ -184,6 +196,7 @@ def main(argv=None) -> int:
   parser.add_argument("--torch-python", help="a Python with torch (see experiments/reference)")
   parser.add_argument("--arms", default="all", help="comma list of arm names, or all")
   parser.add_argument("--seeds", type=int, default=2, help="reference seeds per arm")
+  parser.add_argument("--parallel", type=int, default=2, help="reference runs at once")
   parser.add_argument("--library-seeds", type=int, default=3, help="library seeds per arm")
   parser.add_argument("--tasks", type=int, default=TASKS)
   parser.add_argument("--epochs", type=int, default=EPOCHS)
@@ -208,7 +221,7 @@ def main(argv=None) -> int:
         library_run(root, arm, args.library_seeds, args.tasks, args.epochs)
       if args.only != "library":
         reference_runs(args.reference, args.torch_python, root, arm, args.seeds, args.tasks,
-                       args.epochs)
+                       args.epochs, args.parallel)
       report(root, args.out or RESULTS)
   report(root, args.out or RESULTS)
   return 0

@@ -214,6 +214,37 @@ def test_chain_and_inject_hyperparams():
   np.testing.assert_allclose(state.inner_state.multiplier, [0.99**2] * 2, rtol=1e-6)
 
 
+def test_extra_arguments_reach_the_inner_transform_in_a_hand_written_loop():
+  """optax's contract: what the scheduler does not take goes on to `inner.update`.
+  reduce_on_plateau needs `value=`; fed a loss that never improves it must cut the
+  scale, exactly as it does alone. An injected Adam inside keeps its hyperparameters."""
+  params, batch, example_loss = problem()
+  plateau = lambda: optax.contrib.reduce_on_plateau(factor=0.5, patience=2, cooldown=0,
+                                                    accumulation_size=1)
+  inner = optax.chain(optax.inject_hyperparams(optax.adam)(learning_rate=1e-2), plateau())
+  tx = noise_curvature_scheduler(inner, check_every=4, safety=1e6, learning_rate=1e-2)
+  alone = optax.chain(optax.inject_hyperparams(optax.adam)(learning_rate=1e-2), plateau())
+
+  @jax.jit
+  def step(p, state, alone_state, i):
+    grads = jax.grad(mean_loss, argnums=1)(example_loss, p, batch)
+    updates, state = tx.update(grads, state, p, example_loss=example_loss, batch=batch,
+                               task_step=i, step=i, value=jnp.float32(1.0))
+    expected, alone_state = alone.update(grads, alone_state, p, value=jnp.float32(1.0))
+    return optax.apply_updates(p, updates), state, alone_state, updates, expected
+
+  state, alone_state, p = tx.init(params), alone.init(params), params
+  for i in range(10):
+    p, state, alone_state, updates, expected = step(p, state, alone_state, i)
+    # safety 1e6: the scheduler never cools, and its warming is off (no steps_per_task).
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+  plateau_state = state.inner[1]
+  assert float(plateau_state.scale) < 1.0  # the plateau was seen through the scheduler
+  assert float(state.inner[0].hyperparams["learning_rate"]) == pytest.approx(1e-2)
+  assert int(state.checks) == 2
+
+
 def test_zero_gradients_give_no_nan():
   params, batch, _ = problem()
   dead_loss = lambda p, example: 0.0 * jnp.sum(p["output"]["bias"])

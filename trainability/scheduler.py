@@ -63,6 +63,9 @@ Extra arguments of `update` (keywords):
   curvature directions stay on them, so the checks measure the narrow
   network. Without it, every element counts.
 
+* any other keyword goes on to `inner.update` (optax's extra-args contract):
+  `value=loss` for an inner `optax.contrib.reduce_on_plateau`, say.
+
 Every per-layer quantity of the last check is in `state.last` (a `Check`).
 
 The threshold a layer's step is held below has three modes (`threshold`),
@@ -229,6 +232,7 @@ def noise_curvature_scheduler(
                             curvature, curvature_steps, curvature_tol, effective_step).resolved()
   if not isinstance(check_every, int) or check_every < 1:
     raise ValueError(f"check_every: {check_every!r} is not accepted; give an integer >= 1")
+  inner = optax.with_extra_args_support(inner)  # forwards what the scheduler does not use
   if warm_window not in WARM_WINDOWS:
     raise ValueError(f"warm_window: {warm_window!r} is not accepted; choose one of "
                      f"{', '.join(WARM_WINDOWS)}")
@@ -252,14 +256,15 @@ def noise_curvature_scheduler(
 
   def update(updates, state, params=None, *, example_loss=None, batch=None,
              task_step=None, step=None, gradient_noise=None, element_mask=None, **extra):
-    del extra  # arguments for other transforms of a chain
     if params is None:
       raise ValueError("params: noise_curvature_scheduler needs params in update()")
     if example_loss is None or batch is None:
       raise ValueError("example_loss, batch: noise_curvature_scheduler needs both in update()")
     layers = estimators.layers_of(params, group_fn)
     grads = updates
-    inner_updates, inner_state = inner.update(grads, state.inner, params)
+    # Arguments the scheduler does not take go on to the inner transform (optax's
+    # extra-args contract: e.g. `value=` for optax.contrib.reduce_on_plateau).
+    inner_updates, inner_state = inner.update(grads, state.inner, params, **extra)
     count = state.count + 1
     scaled = _scale(layers, inner_updates, state.multiplier)
     state = state._replace(inner=inner_state, count=count)
