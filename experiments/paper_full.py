@@ -31,7 +31,9 @@ and 2. A finished run is skipped; an unfinished one resumes from its
 checkpoint (`trainability run --resume`), so an interruption loses at most
 the task in progress. The checkpoints are committed with the results, so a
 later session finds them; a finished run's are deleted. `--parallel` runs
-that many at once (default 2, the cores here).
+that many at once (default 2, the cores here), each on one CPU device
+(`JAX_NUM_CPU_DEVICES=1`: a one-seed run on one device per core would be
+padded with a copy of itself, at twice the cost).
 
 Outputs, rewritten whenever a run ends and by `--report`:
 * paper_full.csv: one row per arm x seed x task (online and final accuracy,
@@ -144,7 +146,10 @@ class Running:
     self.log = open(os.path.join(out, "log.txt"), "a")
     self.log.write(f"$ {' '.join(argv)}\n")
     self.log.flush()
-    self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+    # One seed per run: one CPU device, or the CLI would pad the run to one per core
+    # and compute a copy of the seed on the other (devices.pad_runs).
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+    self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
   def finish(self) -> int:
     code = self.process.wait()
