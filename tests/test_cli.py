@@ -202,3 +202,25 @@ def test_matrix_indicators_finish_with_two_seeds_on_each_of_two_cpu_devices(tmp_
   sigma = [r for r in rows if r["indicator"] == "jacobian_sigma_min"]
   assert {r["seed"] for r in sigma} == {0, 1, 2, 3}
   assert {r["column"] for r in sigma} == {"network", "hidden_0", "output"}
+
+
+@pytest.mark.parametrize("argv, field, reason", [
+    (["run", "--out", "/proc/x"], "out", "No such file or directory"),
+    (["run", "--out", "{file}/sub"], "out", "Not a directory"),
+    (["sweep", "--grid", "lr=1e-3,1e-4", "--out", "/proc/x"], "out",
+     "No such file or directory"),
+    (["run", "--resume", "{empty}"], "resume", "holds no run (no config.json)"),
+    (["run", "--resume", "{file}"], "resume", "is not a directory"),
+    (["sweep", "--resume", "{empty}"], "resume", "holds no sweep (no sweep.json)"),
+])
+def test_unwritable_or_impossible_output_paths_are_one_line_errors(
+    tmp_path, capsys, argv, field, reason):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "file").write_text("")
+  argv = [a.format(file=tmp_path / "file", empty=tmp_path / "empty") for a in argv]
+  assert cli.main(argv + ["--tasks", "1", "--epochs", "1"] * (argv[1] == "--out")) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"trainability: error: {field}: ")
+  assert reason in err and "Traceback" not in err
+  path = next(a for a in argv if a.startswith("/") or str(tmp_path) in a)
+  assert path in err

@@ -224,6 +224,7 @@ def _sweep(args) -> int:
       axes[name] = values
     grid = sweep_lib.make_grid(Config.from_dict({**base, **given}), axes)
     out = args.out or os.path.join("runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-sweep")
+  results.output_directory(out, "resume" if args.resume is not None else "out")
   _start_devices(args)
   programs = sweep_lib.plan(grid)
   main_process = devices.is_main()
@@ -260,14 +261,14 @@ def _run_target(args) -> tuple[Config, str, bool]:
         "runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{config.dataset}-{config.stream}")
     if os.path.exists(os.path.join(out, results.RESULTS_FILE)):
       raise ConfigError(f"out: {out} already holds {results.RESULTS_FILE}; choose another --out")
-    return config, out, False
+    return config, results.output_directory(out), False
   _refuse_with_resume(args.resume, results.CONFIG_FILE,
                       sorted(given) + (["out"] if args.out is not None else []))
   config = _saved_config(args.resume)
   if not config.checkpoint_every:
     raise ConfigError(f"resume: {args.resume} was run without --checkpoint-every, so it has "
                       "no checkpoints to resume from")
-  return config, args.resume, True
+  return config, results.output_directory(args.resume, "resume"), True
 
 
 def _refuse_with_resume(resume_dir: str, saved_file: str, given: list[str]) -> None:
@@ -280,8 +281,11 @@ def _refuse_with_resume(resume_dir: str, saved_file: str, given: list[str]) -> N
 
 def _saved_config(run_dir: str) -> Config:
   path = os.path.join(run_dir, results.CONFIG_FILE)
+  if not os.path.isdir(run_dir):
+    raise ConfigError(f"resume: {run_dir} is not a directory; give the directory of a run")
   if not os.path.exists(path):
-    raise ConfigError(f"run_dir: no {results.CONFIG_FILE} in {run_dir}")
+    raise ConfigError(f"resume: {run_dir} holds no run (no {results.CONFIG_FILE}); give the "
+                      "directory of a run started with --checkpoint-every")
   with open(path) as f:
     return Config.from_dict(json.load(f)["config"])
 

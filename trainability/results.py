@@ -16,6 +16,26 @@ CHECKS_FILE = "checks.csv"
 SCHEDULER_PLOT_FILE = "scheduler.png"
 
 
+def output_directory(path: str, field: str = "out") -> str:
+  """Makes `path` (and its parents) and checks that files can be written in it.
+
+  A path that cannot be made or written to stops with one line naming the
+  field, the path and the reason (ConfigError), before any work is done.
+  """
+  from trainability.settings import ConfigError
+  import tempfile
+
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+      pass
+  except OSError as error:
+    reason = error.strerror or str(error)
+    raise ConfigError(f"{field}: cannot write to {path}: {reason}; give a directory you "
+                      "can write to") from None
+  return path
+
+
 def metric_rows(metrics, seeds: Sequence[int], task_ids: Sequence[int],
                 heldout: bool) -> list[dict]:
   """Rows from a TaskMetrics of shape (seeds, tasks); heldout column only when measured."""

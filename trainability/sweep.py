@@ -312,7 +312,8 @@ def save_grid(grid: Grid, out: str) -> None:
 def load_grid(out: str) -> Grid:
   path = os.path.join(out, SWEEP_FILE)
   if not os.path.exists(path):
-    raise ConfigError(f"resume: no {SWEEP_FILE} in {out}")
+    raise ConfigError(f"resume: {out} holds no sweep (no {SWEEP_FILE}); give the directory of "
+                      "a sweep")
   with open(path) as f:
     saved = json.load(f)
   axes = {n: [tuple(x) if isinstance(x, list) else x for x in v] for n, v in saved["grid"].items()}
