@@ -224,3 +224,26 @@ def test_unwritable_or_impossible_output_paths_are_one_line_errors(
   assert reason in err and "Traceback" not in err
   path = next(a for a in argv if a.startswith("/") or str(tmp_path) in a)
   assert path in err
+
+
+def test_a_run_and_a_sweep_compile_their_training_program_once(tmp_path, caplog):
+  """Three chunks, then a resume from a checkpoint: run_tasks compiles once per
+  process (the state that init, a chunk and a restore give is placed the same)."""
+  import jax
+  import logging
+
+  def compiles(argv):
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+      assert cli.main(argv) == 0
+    return sum("Finished XLA compilation of jit(run_tasks)" in r.getMessage()
+               for r in caplog.records)
+
+  run = ["run", "--tasks", "3", "--epochs", "1", "--seeds", "2", "--no-progress",
+         "--checkpoint-every", "1", "--out", str(tmp_path / "run")]
+  assert compiles(run) == 1
+  results_path = tmp_path / "run" / "results.csv"
+  results_path.write_text("".join(results_path.read_text().splitlines(True)[:3]))  # task 1
+  assert compiles(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 1
+  assert compiles(["sweep", "--tasks", "3", "--epochs", "1", "--seeds", "2", "--no-progress",
+                   "--grid", "lr=1e-3,1e-4", "--out", str(tmp_path / "sweep")]) == 1

@@ -326,8 +326,8 @@ def _run(args) -> int:
 
   seeds = list(range(config.seed, config.seed + config.seeds))
   keys = devices.shard_runs(seed_keys(config))
-  init = jax.jit(jax.vmap(trainer.init))
-  run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
+  init = devices.jit_runs(jax.vmap(trainer.init))  # one placement: one compile
+  run_chunk = devices.jit_runs(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
   results_path = os.path.join(out, results.RESULTS_FILE)
   writer = results.ResultsWriter(results_path)
   checks_writer = results.ResultsWriter(os.path.join(out, results.CHECKS_FILE))

@@ -107,6 +107,25 @@ def is_key(x) -> bool:
   return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def runs_sharding() -> NamedSharding:
+  """Every run's share on its device: the leading axis over `mesh()`."""
+  return NamedSharding(mesh(), PartitionSpec(RUNS))
+
+
+def jit_runs(fn, **jit_kwargs):
+  """`jax.jit(fn)` with every output placed by `runs_sharding()`.
+
+  For the vmapped `init` and `run_tasks` of a run, whose every output has the
+  runs axis first. Left to itself, jit replicates some small outputs (a
+  per-run count, say) and shards others, and chooses differently for `init`
+  and `run_tasks`; the state that a chunk returns then reaches the next chunk
+  placed differently from the state `init` gave the first one, and the
+  program compiles a second time. With one placement for every output, a run
+  of any number of chunks compiles `run_tasks` once.
+  """
+  return jax.jit(fn, out_shardings=runs_sharding(), **jit_kwargs)
+
+
 def shard_runs(tree):
   """Places every leaf's leading (runs) axis across `mesh()`, as NamedSharding(P("runs")).
 
@@ -115,7 +134,7 @@ def shard_runs(tree):
   arrays (PRNG keys included) holding every run; in a multi-process job each
   process gives the same values and keeps its devices' share.
   """
-  sharding = NamedSharding(mesh(), PartitionSpec(RUNS))
+  sharding = runs_sharding()
   leaves = jax.tree.leaves(tree)
   if not leaves:
     return tree

@@ -370,7 +370,7 @@ def run(grid: Grid, out: str, progress: bool = True, resume: bool = False) -> li
         checkpoints = checkpoints_lib.Checkpoints(folder, keep=base.keep_checkpoints)
         if start:
           state = checkpoints.restore(state, start)
-      run_chunk = jax.jit(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
+      run_chunk = devices.jit_runs(jax.vmap(trainer.run_tasks, in_axes=(0, None)))
 
       def write(metrics, task_ids, program=program):
         writer.write(_rows(program, base, columns, metrics, task_ids))
@@ -419,7 +419,7 @@ def program_start(program: Program, dataset, base, components=()):
   keys = jax.vmap(jax.random.key)(np.tile(seeds, len(program.points)))
   hparams = _hparams(program, base.seeds)
   if program.widths is None:
-    state = jax.jit(jax.vmap(trainer.init))(*devices.shard_runs((keys, hparams)))
+    state = devices.jit_runs(jax.vmap(trainer.init))(*devices.shard_runs((keys, hparams)))
   else:
     widths = np.repeat(program.widths, base.seeds)
     state = devices.shard_runs(
