@@ -62,6 +62,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import arms  # noqa: E402
 import scheduler_modes as modes  # noqa: E402  (Fashion-MNIST, reading and condensing runs)
 
 RESULTS = os.path.join(HERE, "results")
@@ -320,10 +321,7 @@ def main(argv=None) -> int:
                       "(default: runs in experiments/results/paper_full, outputs beside)")
   parser.add_argument("--report", action="store_true", help="only rewrite the outputs")
   args = parser.parse_args(argv)
-  chosen = list(ARMS) if args.arms == "all" else args.arms.split(",")
-  for arm in chosen:
-    if arm not in ARMS:
-      raise SystemExit(f"--arms: {arm!r} is not accepted; choose from {', '.join(ARMS)}")
+  chosen = list(ARMS) if args.arms == "all" else arms.choices(args.arms, list(ARMS), "--arms")
   for name in ("seeds", "parallel"):
     if getattr(args, name) < 1:
       raise SystemExit(f"--{name}: {getattr(args, name)} is not accepted; give an integer >= 1")

@@ -37,6 +37,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import arms  # noqa: E402
 import scheduler_modes as modes  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -206,10 +207,7 @@ def main(argv=None) -> int:
                       "(default: runs in experiments/results/reference_match)")
   parser.add_argument("--report", action="store_true", help="only rewrite the outputs")
   args = parser.parse_args(argv)
-  chosen = list(ARMS) if args.arms == "all" else args.arms.split(",")
-  for arm in chosen:
-    if arm not in ARMS:
-      raise SystemExit(f"--arms: {arm!r} is not accepted; choose from {', '.join(ARMS)}")
+  chosen = list(ARMS) if args.arms == "all" else arms.choices(args.arms, list(ARMS), "--arms")
   root = os.path.join(args.out or RESULTS, "reference_match")
   if not args.report:
     if args.only != "library" and not (args.reference and args.torch_python):
