@@ -82,6 +82,7 @@ def local_mnist(data_dir: str, subset: int, pil: bool):
       return len(self.targets)
 
     def __getitem__(self, i):
+      i = int(i)  # the reference's Subset indexes with 0-d tensors, which hash by identity
       if i not in self._cache:
         image = self.data[i]
         if pil:
@@ -142,6 +143,12 @@ def torchvision_stand_in(mnist):
   return vision
 
 
+def rss_mb() -> int:
+  """This process's resident memory now, in MB."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+
 class Recorder:
   """The `wandb` stand-in: one CSV row per task end."""
 
@@ -163,7 +170,8 @@ class Recorder:
       return
     groups = self.optimizer.param_groups if self.optimizer is not None else []
     row = {"task": self.task, "online_accuracy": values["task_acc"], "loss": values.get("J"),
-           "seconds": round(time.time() - self.started, 1)}
+           "seconds": round(time.time() - self.started, 1),
+           "rss_mb": rss_mb()}
     for group in groups:
       row[f"lr_{group.get('layer', len(row))}"] = group["lr"]
     if groups and "betas" in groups[0]:
