@@ -109,6 +109,36 @@ def test_reset_optimizer_discards_the_moments(tiny_config, reset, equal):
   assert np.array_equal(np.asarray(a.loss), np.asarray(b.loss)) == equal
 
 
+def test_reset_timestep_restarts_adams_count_and_keeps_its_moments(tiny_config):
+  """Adam-Rel: task 2 from a trained state equals task 2 from that state with every
+  Adam count set to 0 by hand (moments untouched), and differs from no reset."""
+  from trainability import interventions
+  runs = {}
+  for reset in ("timestep", "none"):
+    trainer = make_trainer(tiny_config.replace(reset=reset))
+    run_tasks = jax.jit(trainer.run_tasks)
+    trained, _ = run_tasks(trainer.init(jax.random.key(0)), np.arange(1))
+    runs[reset] = (run_tasks, trained)
+  run_tasks, trained = runs["timestep"]
+  adam = optax.ScaleByAdamState
+  counts = [n.count for n in jax.tree.leaves(trained.opt_state, is_leaf=lambda n: isinstance(
+      n, adam)) if isinstance(n, adam)]
+  assert counts and int(counts[0]) > 0
+  by_hand = trained._replace(opt_state=jax.tree.map(
+      lambda n: n._replace(count=n.count * 0) if isinstance(n, adam) else n,
+      trained.opt_state, is_leaf=lambda n: isinstance(n, adam)))
+  restarted = interventions.restart_adam_timestep(trained.opt_state)
+  for a, b in zip(jax.tree.leaves(restarted), jax.tree.leaves(by_hand.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  _, a = run_tasks(trained, np.arange(1, 2))
+  _, b = runs["none"][0](by_hand, np.arange(1, 2))  # no reset, count zeroed by hand
+  _, c = runs["none"][0](trained, np.arange(1, 2))
+  np.testing.assert_array_equal(a.loss, b.loss)
+  assert not np.array_equal(np.asarray(a.loss), np.asarray(c.loss))
+  with pytest.raises(ConfigError, match="reset: 'timestep' restarts Adam's step count"):
+    tiny_config.replace(reset="timestep", optimizer="sgd")
+
+
 def test_reset_model_only_keeps_optimizer_state(tiny_config):
   trainer = make_trainer(tiny_config.replace(reset="model"))
   state = trainer.init(jax.random.key(0))

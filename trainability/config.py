@@ -67,6 +67,9 @@ class _Methods:
     problem = models.init_problem(self.init, widths)
     if problem:
       raise ConfigError(problem)
+    if self.reset == "timestep" and self.optimizer not in ("adam", "adamw"):
+      raise ConfigError(f"reset: 'timestep' restarts Adam's step count; it needs optimizer adam "
+                        f"or adamw, not {self.optimizer!r}")
     if self.adam_betas == "reference" and self.unit_reset != "none":
       raise ConfigError(
           f"adam_betas: 'reference' is not accepted with unit_reset {self.unit_reset!r}, whose "

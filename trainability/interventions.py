@@ -42,12 +42,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from trainability import models, optim
 from trainability.components import Component, select
 from trainability.settings import ConfigError, Integer, Number, Setting
 
-RESETS = ("none", "model", "optimizer", "both")
+RESETS = ("none", "model", "optimizer", "both", "timestep")
 SHRINK_PERTURB = ("none", "step", "task")
 PERTURB_NOISES = ("gaussian", "init")
 UNIT_RESETS = ("none", "cbp", "redo")
@@ -272,11 +273,28 @@ def reset_base_optimizer_state(optimizer: str, opt_state, params, touched):
   return optim.map_base_state(opt_state, reset)
 
 
+def restart_adam_timestep(opt_state):
+  """`opt_state` with every Adam step count set to 0 and the moments kept.
+
+  Adam-Rel (Ellis et al., NeurIPS 2024): Adam on the time since the task
+  began. With the count back at 0 the bias corrections start over, so the
+  first steps of a task are normalized as a fresh Adam's are, but from the
+  moments the last task left. Per-element counts (`optim.scale_by_adam_per_element`)
+  are all set to 0.
+  """
+  adam = lambda n: isinstance(n, optax.ScaleByAdamState)
+  restart = lambda n: n._replace(count=jax.tree.map(jnp.zeros_like, n.count)) if adam(n) else n
+  return jax.tree.map(restart, opt_state, is_leaf=adam)
+
+
 def reset_component(what: str, model: models.Model) -> Component:
-  """Re-initialize the model ("model"), the optimizer state ("optimizer") or
-  both ("both") at the start of every task after the first. The model's new
-  init uses the run's init key folded with the task index."""
-  if what not in ("model", "optimizer", "both"):
+  """Re-initialize the model ("model"), the optimizer state ("optimizer"), both
+  ("both"), or only Adam's step count ("timestep", Adam-Rel:
+  `restart_adam_timestep`) at the start of every task after the first. The
+  model's new init uses the run's init key folded with the task index.
+  "optimizer" re-initializes the whole optimizer state: Adam's moments and
+  count, and a wrapper's (the scheduler's multipliers) with them."""
+  if what not in RESETS[1:]:
     raise ValueError(f"reset: {what!r} is not accepted; choose one of {', '.join(RESETS[1:])}")
 
   def task_start(boundary, state, hp):
@@ -291,6 +309,8 @@ def reset_component(what: str, model: models.Model) -> Component:
     opt_state = boundary.opt_state
     if what in ("optimizer", "both"):
       opt_state = select(later, boundary.init_optimizer(params), opt_state)
+    if what == "timestep":
+      opt_state = select(later, restart_adam_timestep(opt_state), opt_state)
     return boundary._replace(params=params, model_state=model_state, opt_state=opt_state), state
 
   return Component("reset", task_start=task_start)
@@ -381,7 +401,8 @@ def unit_reset_component(kind: str, model: models.Model, optimizer: str, *,
 
 
 SETTINGS = (
-    Setting("reset", "none", "what to re-initialize at each task boundary", str, RESETS),
+    Setting("reset", "none", "what to re-initialize at each task boundary (timestep: Adam's "
+            "step count only, its moments kept: Adam-Rel)", str, RESETS),
     Setting("shrink_perturb", "none", "shrink & perturb theta <- (1 - shrink) theta + perturb "
             "eps: every step, at each task boundary, or none", str, SHRINK_PERTURB),
     Setting("shrink", 1e-4, "shrink_perturb: shrink, in [0, 1]", float, check=Number(0.0, 1.0),
