@@ -75,6 +75,22 @@ def test_init_scales(init, activation, slope, gain):
   assert float(jnp.abs(params["hidden_0"]["dense"]["bias"]).max()) == 0.0
 
 
+@pytest.mark.parametrize("activation", ["relu", "crelu"])
+def test_kaiming_uniform_is_torchs_kaiming_uniform_on_every_layer(activation):
+  """The reference code's init: U(-b, b), b = sqrt(6 / fan_in) (relu gain), on the
+  hidden and the output kernels alike; biases 0."""
+  config = Config(width=512, depth=2, init="kaiming_uniform", activation=activation)
+  params, _ = models.make_model(config, (20, 20, 1), 10).init(KEY)
+  kernels = [params["hidden_0"]["dense"]["kernel"], params["hidden_1"]["dense"]["kernel"],
+             params["output"]["kernel"]]
+  for kernel in kernels:
+    bound = np.sqrt(6.0 / kernel.shape[0])
+    assert float(jnp.abs(kernel).max()) <= bound
+    assert float(jnp.abs(kernel).max()) > 0.99 * bound  # uniform: it reaches the bound
+    assert abs(float(jnp.var(kernel)) / (bound**2 / 3) - 1) < 0.1
+  assert float(jnp.abs(params["output"]["bias"]).max()) == 0.0
+
+
 def test_identity_activation_gives_a_deep_linear_network():
   model, params, state = build(activation="identity", depth=3)
   params = jax.tree.map(lambda p: p if p.ndim > 1 else jnp.zeros_like(p), params)

@@ -9,7 +9,10 @@ Hidden kernels use Kaiming (He) normal init with the gain of the activation
 (relu, crelu, swish, softplus: 2; leaky_relu: 2 / (1 + slope^2); tanh: 25/9;
 identity: 1; fourier: 1; variance = gain / fan_in, untruncated normal as torch's
 kaiming_normal_) or LeCun normal (variance 1 / fan_in). The output layer is
-always LeCun normal; biases start at zero. `mirrored_lecun` is LeCun normal
+LeCun normal; biases start at zero. `kaiming_uniform` is PyTorch's
+`kaiming_uniform_` (uniform, the same variance gain / fan_in) on every layer,
+the output layer included, as the reference code (sheeerio/continual)
+initializes its networks. `mirrored_lecun` is LeCun normal
 with the last hidden layer's units in pairs: unit j + m/2 has unit j's
 incoming weights and the negated outgoing weights, so the network's output
 is 0 for every input at init (our reading of the "mirrored LeCun"
@@ -92,7 +95,7 @@ def init_variance_gain(init: str, activation: str, leaky_slope: float = 0.01) ->
   """The factor g in Var(w) = g / fan_in for hidden kernels."""
   if init in ("lecun", "mirrored_lecun"):
     return 1.0
-  if init != "kaiming":
+  if init not in ("kaiming", "kaiming_uniform"):
     raise ValueError(f"init: {init!r} is not accepted; choose one of {', '.join(INITS)}")
   return {
       "leaky_relu": 2.0 / (1.0 + leaky_slope**2),
@@ -110,8 +113,8 @@ def init_problem(init: str, widths: Sequence[int]) -> str | None:
   return None
 
 
-def _kernel_init(gain: float):
-  return nn.initializers.variance_scaling(gain, "fan_in", "normal")
+def _kernel_init(gain: float, distribution: str = "normal"):
+  return nn.initializers.variance_scaling(gain, "fan_in", distribution)
 
 
 def mirrored_kernel_init(copies: int = 1, negate: bool = False):
@@ -152,13 +155,16 @@ class _Block(nn.Module):
   gain: float
   masked: bool = False
   mirrored: bool = False  # incoming weights in two equal halves (mirrored_kernel_init)
+  distribution: str = "normal"  # of the kernel init: normal, or uniform (kaiming_uniform)
 
   @nn.compact
   def __call__(self, x, train: bool):
     if self.conv:
-      h = Conv3x3(self.features, kernel_init=_kernel_init(self.gain), name="conv")(x)
+      h = Conv3x3(self.features, kernel_init=_kernel_init(self.gain, self.distribution),
+                  name="conv")(x)
     else:
-      kernel_init = mirrored_kernel_init() if self.mirrored else _kernel_init(self.gain)
+      kernel_init = (mirrored_kernel_init() if self.mirrored
+                     else _kernel_init(self.gain, self.distribution))
       h = nn.Dense(self.features, kernel_init=kernel_init, name="dense")(x)
     if self.norm == "layernorm":
       axes = (-3, -2, -1) if self.conv else (-1,)
@@ -232,12 +238,15 @@ class Network(nn.Module):
   def __call__(self, x, train: bool = False):
     gain = init_variance_gain(self.init_scheme, self.activation, self.leaky_slope)
     mirrored = self.init_scheme == "mirrored_lecun"
+    uniform = self.init_scheme == "kaiming_uniform"
+    distribution = "uniform" if uniform else "normal"
     problem = init_problem(self.init_scheme, self.widths)
     if problem:
       raise ConfigError(problem)
     block = lambda features, conv, name, last=False: _Block(
         features, conv, self.activation, self.leaky_slope, self.norm, gain,
-        masked=self.masked and not conv, mirrored=mirrored and last, name=name)
+        masked=self.masked and not conv, mirrored=mirrored and last,
+        distribution=distribution, name=name)
     for i, c in enumerate(self.channels):
       x = block(c, True, f"conv_{i}")(x, train)
       if x.shape[-3] >= 2 and x.shape[-2] >= 2:
@@ -245,8 +254,10 @@ class Network(nn.Module):
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.widths):
       x = block(width, False, f"hidden_{i}", last=i == len(self.widths) - 1)(x, train)
-    output_init = (mirrored_kernel_init(activation_copies(self.activation), negate=True)
-                   if mirrored else _kernel_init(1.0))
+    if mirrored:
+      output_init = mirrored_kernel_init(activation_copies(self.activation), negate=True)
+    else:  # LeCun normal; kaiming_uniform: the hidden layers' init, as torch's
+      output_init = _kernel_init(gain, "uniform") if uniform else _kernel_init(1.0)
     return nn.Dense(self.num_classes, kernel_init=output_init, name="output")(x)
 
 
@@ -324,7 +335,7 @@ MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "identity", "crelu", "swish", "softplus",
                "fourier")
 NORMS = ("none", "layernorm", "batchnorm")
-INITS = ("kaiming", "lecun", "mirrored_lecun")
+INITS = ("kaiming", "lecun", "mirrored_lecun", "kaiming_uniform")
 
 
 def _channels_problem(value):
@@ -345,5 +356,7 @@ SETTINGS = (
     Setting("norm", "none", "normalization layer after each hidden layer", str, NORMS),
     Setting("init", "kaiming", "weight init of hidden layers (output layer: lecun); "
             "mirrored_lecun: lecun, the last hidden layer's units in pairs (w, v), (w, -v), "
-            "so the network is 0 at init (needs an even width)", str, INITS),
+            "so the network is 0 at init (needs an even width); kaiming_uniform: torch's "
+            "kaiming_uniform_ on every layer, the output layer included (the reference "
+            "code's init)", str, INITS),
 )
