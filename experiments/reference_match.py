@@ -58,6 +58,13 @@ ARMS = {
 }
 LIBRARY = ["--dataset", "fashion_mnist", "--subset", "21000", "--batch-size", "256",
            "--adam-betas", "reference"]
+# Library runs that change one more setting, to test an explanation of a gap:
+# arm: [(variant name, extra flags)]. The output layer's init (torch's
+# kaiming_uniform_ on every layer) for the L2 arm's early gap.
+VARIANTS = {"l2": [("init kaiming_uniform", ["--init", "kaiming_uniform"])]}
+# Reference runs with one harness change (experiments/reference/run_reference.py):
+# dropping each epoch's last partial batch, as the library does.
+REFERENCE_VARIANTS = {"l2": [("drop last", ["--drop-last"])]}
 # The reference's layers (torch module names) in the library's names.
 LAYERS = {"fc1": "hidden_0", "fc2": "hidden_1", "fc4": "output"}
 
@@ -66,15 +73,16 @@ def reference_runs(reference: str, torch_python: str, root: str, arm: str, seeds
                    tasks: int, epochs: int, parallel: int) -> None:
   """The reference's seeds 0..seeds-1 of `arm`, `parallel` at a time (one thread each)."""
   pending = []
-  for seed in range(seeds):
-    out = os.path.join(root, "reference", f"{arm}_seed{seed}.csv")
-    if os.path.exists(out) and len(modes.read_csv(out)) >= tasks:
-      print(f"  reference {arm} seed {seed}: complete, skipped", flush=True)
-      continue
-    pending.append([torch_python, os.path.join(HERE, "reference", "run_reference.py"),
-                    "--reference", reference, "--out", out, "--",
-                    "--dataset", "MNIST", "--runs", str(tasks), "--epochs", str(epochs),
-                    "--batch_size", "256", "--seed", str(seed), *ARMS[arm][0]])
+  for variant, harness in [(None, [])] + REFERENCE_VARIANTS.get(arm, []):
+    for seed in range(seeds):
+      out = reference_csv(root, arm, seed, variant)
+      if os.path.exists(out) and len(modes.read_csv(out)) >= tasks:
+        print(f"  reference {arm} {variant or ''} seed {seed}: complete, skipped", flush=True)
+        continue
+      pending.append([torch_python, os.path.join(HERE, "reference", "run_reference.py"),
+                      "--reference", reference, "--out", out, *harness, "--",
+                      "--dataset", "MNIST", "--runs", str(tasks), "--epochs", str(epochs),
+                      "--batch_size", "256", "--seed", str(seed), *ARMS[arm][0]])
   running = []
   while pending or running:
     while pending and len(running) < parallel:
@@ -89,31 +97,46 @@ def reference_runs(reference: str, torch_python: str, root: str, arm: str, seeds
                          f"{process.returncode}")
 
 
+def reference_csv(root: str, arm: str, seed: int, variant: str | None = None) -> str:
+  name = arm if variant is None else f"{arm}@{variant.replace(' ', '_')}"
+  return os.path.join(root, "reference", f"{name}_seed{seed}.csv")
+
+
+def library_dir(root: str, arm: str, variant: str | None = None) -> str:
+  name = arm if variant is None else f"{arm}@{variant.replace(' ', '_')}"
+  return os.path.join(root, "library", name)
+
+
 def library_run(root: str, arm: str, seeds: int, tasks: int, epochs: int) -> None:
-  out = os.path.join(root, "library", arm)
   flags = LIBRARY + ARMS[arm][1] + ["--tasks", str(tasks), "--epochs", str(epochs),
                                     "--seeds", str(seeds)]
-  modes.run_arm(out, flags)  # skipped when complete with these flags
+  modes.run_arm(library_dir(root, arm), flags)  # skipped when complete with these flags
+  for variant, extra in VARIANTS.get(arm, []):
+    modes.run_arm(library_dir(root, arm, variant), flags + extra)
 
 
 def rows(root: str):
   """(source, arm, seed, task, online accuracy, {layer: lr at the task's end})."""
   for arm in ARMS:
-    for seed in range(100):
-      path = os.path.join(root, "reference", f"{arm}_seed{seed}.csv")
-      if not os.path.exists(path):
-        break
-      for r in modes.read_csv(path):
-        lrs = {LAYERS[k[3:]]: float(v) for k, v in r.items() if k.startswith("lr_")}
-        yield "reference", arm, seed, int(r["task"]), float(r["online_accuracy"]), lrs
-    out = os.path.join(root, "library", arm)
-    if not os.path.exists(os.path.join(out, "results.csv")):
-      continue
-    lr = json.load(open(os.path.join(out, "config.json")))["config"]["lr"]
-    for name, seed, task, acc, _, _, per_layer in modes.arm_rows(arm, out):
-      values = [float(v) for v in per_layer.split()] or [1.0] * 3
-      yield ("library", arm, int(seed), int(task), float(acc),
-             dict(zip(LAYERS.values(), [lr * v for v in values])))
+    for variant in [None] + [v for v, _ in REFERENCE_VARIANTS.get(arm, [])]:
+      source = "reference" if variant is None else f"reference, {variant}"
+      for seed in range(100):
+        path = reference_csv(root, arm, seed, variant)
+        if not os.path.exists(path):
+          break
+        for r in modes.read_csv(path):
+          lrs = {LAYERS[k[3:]]: float(v) for k, v in r.items() if k.startswith("lr_")}
+          yield source, arm, seed, int(r["task"]), float(r["online_accuracy"]), lrs
+    for variant in [None] + [v for v, _ in VARIANTS.get(arm, [])]:
+      out = library_dir(root, arm, variant)
+      if not os.path.exists(os.path.join(out, "results.csv")):
+        continue
+      lr = json.load(open(os.path.join(out, "config.json")))["config"]["lr"]
+      source = "library" if variant is None else f"library, {variant}"
+      for name, seed, task, acc, _, _, per_layer in modes.arm_rows(arm, out):
+        values = [float(v) for v in per_layer.split()] or [1.0] * 3
+        yield (source, arm, int(seed), int(task), float(acc),
+               dict(zip(LAYERS.values(), [lr * v for v in values])))
 
 
 def report(root: str, results_dir: str) -> None:
@@ -137,22 +160,30 @@ def report(root: str, results_dir: str) -> None:
     ref, lib = acc.get((arm, "reference"), {}), acc.get((arm, "library"), {})
     if not ref and not lib:
       continue
+    variants = [(f"{side}, {v}", acc[(arm, f"{side}, {v}")])
+                for side, named in (("library", VARIANTS), ("reference", REFERENCE_VARIANTS))
+                for v, _ in named.get(arm, []) if (arm, f"{side}, {v}") in acc]
     nref = max((len(v) for v in ref.values()), default=0)
     nlib = max((len(v) for v in lib.values()), default=0)
+    head = ["task", "reference", "library", "difference", "agree"]
+    for v, _ in variants:
+      head += [v, "difference"]
     lines += [f"\n### {arm} (reference {nref} seeds, library {nlib} seeds)\n",
-              "| task | reference | library | difference | agree |", "| --- | --- | --- | --- | --- |"]
+              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     agree = 0
+    cell = lambda a: f"{a.mean():.3f} ± {a.std():.3f}" if len(a) else ""
     for task in sorted(set(ref) | set(lib)):
       r, l = np.array(ref.get(task, [])), np.array(lib.get(task, []))
-      cell = lambda a: f"{a.mean():.3f} ± {a.std():.3f}" if len(a) else ""
+      row = [str(task + 1), cell(r), cell(l), "", ""]
       if len(r) and len(l):
         diff = l.mean() - r.mean()
         ok = abs(diff) <= 2 * max(r.std(), l.std())
         agree += ok
-        lines.append(f"| {task + 1} | {cell(r)} | {cell(l)} | {diff:+.3f} | "
-                     f"{'yes' if ok else 'no'} |")
-      else:
-        lines.append(f"| {task + 1} | {cell(r)} | {cell(l)} | | |")
+        row[3:] = [f"{diff:+.3f}", "yes" if ok else "no"]
+      for _, by_task in variants:
+        other = np.array(by_task.get(task, []))
+        row += [cell(other), f"{other.mean() - r.mean():+.3f}" if len(r) and len(other) else ""]
+      lines.append("| " + " | ".join(row) + " |")
     lines.append(f"\n{agree} of {len(set(ref) & set(lib))} tasks agree.")
     lrs = [(s, t, lr) for s, a, _, t, _, lr in table if a == arm and "+" in arm]
     if lrs:
