@@ -54,6 +54,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -154,8 +155,11 @@ class Running:
 
   def finish(self) -> int:
     code = self.process.wait()
-    seconds = time.time() - self.started
     done = tasks_done(self.out)
+    # Up to the last task written: a task cut short by a stop is not counted.
+    results = os.path.join(self.out, "results.csv")
+    end = os.path.getmtime(results) if done > self.first else time.time()
+    seconds = max(end - self.started, 0.0)
     path = os.path.join(self.out, "timing.csv")
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
@@ -334,6 +338,18 @@ def main(argv=None) -> int:
   modes.ensure_fashion_mnist()
   queue = [(arm, seed) for seed in range(args.seeds) for arm in chosen]
   running, failed = [], []
+
+  def stop(signum, frame):  # kill or end of a session: stop the runs, keep their timing
+    for r in running:  # a run checks for a signal only between tasks: kill it now; its
+      r.process.kill()  # checkpoint and rows are those of its last finished task
+    for r in running:
+      r.finish()
+    report(root, results_dir)
+    print(f"  stopped (signal {signum}); resume with the same command", flush=True)
+    sys.exit(128 + signum)
+
+  signal.signal(signal.SIGTERM, stop)
+  signal.signal(signal.SIGINT, stop)
   while queue or running:
     while queue and len(running) < args.parallel:
       arm, seed = queue.pop(0)
