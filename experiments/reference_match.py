@@ -166,8 +166,8 @@ def report(root: str, results_dir: str) -> None:
     nref = max((len(v) for v in ref.values()), default=0)
     nlib = max((len(v) for v in lib.values()), default=0)
     head = ["task", "reference", "library", "difference", "agree"]
-    for v, _ in variants:
-      head += [v, "difference"]
+    for v, _ in variants:  # a library variant against the reference; the library against
+      head += [v, "difference" if v.startswith("library") else "library - it"]  # a reference one
     lines += [f"\n### {arm} (reference {nref} seeds, library {nlib} seeds)\n",
               "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     agree = 0
@@ -180,9 +180,11 @@ def report(root: str, results_dir: str) -> None:
         ok = abs(diff) <= 2 * max(r.std(), l.std())
         agree += ok
         row[3:] = [f"{diff:+.3f}", "yes" if ok else "no"]
-      for _, by_task in variants:
+      for v, by_task in variants:
         other = np.array(by_task.get(task, []))
-        row += [cell(other), f"{other.mean() - r.mean():+.3f}" if len(r) and len(other) else ""]
+        base, minus = (other, r) if v.startswith("library") else (l, other)
+        row += [cell(other), f"{base.mean() - minus.mean():+.3f}" if len(base) and len(minus)
+                else ""]
       lines.append("| " + " | ".join(row) + " |")
     lines.append(f"\n{agree} of {len(set(ref) & set(lib))} tasks agree.")
     lrs = [(s, t, lr) for s, a, _, t, _, lr in table if a == arm and "+" in arm]
