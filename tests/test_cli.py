@@ -247,3 +247,23 @@ def test_a_run_and_a_sweep_compile_their_training_program_once(tmp_path, caplog)
   assert compiles(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 1
   assert compiles(["sweep", "--tasks", "3", "--epochs", "1", "--seeds", "2", "--no-progress",
                    "--grid", "lr=1e-3,1e-4", "--out", str(tmp_path / "sweep")]) == 1
+
+
+def test_a_multiplier_at_its_ceiling_is_flagged_in_checks_and_the_summary(tmp_path, capsys):
+  """The paper threshold warms every layer early in every task (its threshold is
+  near alpha*_g ~ 1): with a ceiling of 1.02 the multipliers stop there."""
+  out = tmp_path / "run"
+  argv = ["run", "--subset", "200", "--batch-size", "20", "--width", "32", "--depth", "1",
+          "--tasks", "2", "--epochs", "4", "--seeds", "2", "--scheduler", "noise_curvature",
+          "--threshold", "paper", "--check-every", "2", "--max-multiplier", "1.02",
+          "--no-progress", "--out", str(out)]
+  assert cli.main(argv) == 0
+  rows = list(csv.DictReader(open(out / results.CHECKS_FILE)))
+  assert all(float(r["multiplier"]) <= 1.02 * (1 + 1e-6) for r in rows)
+  held = [r for r in rows if r["at_ceiling"] == "True"]
+  assert held and all(abs(float(r["multiplier"]) - 1.02) < 1e-6 for r in held)
+  printed = capsys.readouterr().out
+  assert "held at the ceiling (max_multiplier 1.02)" in printed
+  assert json.load(open(out / "config.json"))["config"]["max_multiplier"] == 1.02
+  assert cli.main(argv[:-1] + [str(tmp_path / "bad"), "--max-multiplier", "0.5"]) == 2
+  assert "max_multiplier: 0.5 is not accepted" in capsys.readouterr().err

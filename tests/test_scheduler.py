@@ -443,3 +443,15 @@ def test_a_user_loop_with_a_flax_module():
   for l, name in enumerate(names):
     np.testing.assert_allclose(state.last.lam[l], _dense_top(example_loss, checked, (x, y), name),
                                rtol=1e-3)
+
+
+def test_max_multiplier_holds_a_layer_that_would_warm_without_bound_at_the_ceiling():
+  params, batch, example_loss = problem()
+  make = lambda ceiling: noise_curvature_scheduler(
+      optax.sgd(1e-6), check_every=2, safety=1e6, steps_per_task=1000, warm_fraction=1.0,
+      effective_step="sgd", learning_rate=1e-6, max_multiplier=ceiling)
+  _, free = jax.jit(lambda p: run(make(float("inf")), p, batch, example_loss, 40))(params)
+  np.testing.assert_allclose(free.multiplier, [1.01**19] * 2, rtol=1e-5)  # 19 warm checks
+  _, held = jax.jit(lambda p: run(make(1.1), p, batch, example_loss, 40))(params)
+  np.testing.assert_allclose(held.multiplier, [1.1] * 2, rtol=1e-6)
+  assert bool(jnp.all(held.last.warmed))  # it still decides to warm; the ceiling holds it

@@ -356,7 +356,8 @@ def _run(args) -> int:
 
   def write(metrics, task_ids):
     if metrics.checks is not None:
-      checks_writer.write(results.check_rows(metrics.checks, seeds, task_ids, trainer.layer_names))
+      checks_writer.write(results.check_rows(metrics.checks, seeds, task_ids,
+                                             trainer.layer_names, config.max_multiplier))
     if metrics.indicators is not None:
       indicators_writer.write(report.indicator_rows(
           metrics.indicators, trainer.indicator_labels, seeds, task_ids, config.indicator_every))
@@ -397,6 +398,9 @@ def _run(args) -> int:
     return 130 if interrupted else 0
   done = len({r["task"] for r in writer.rows})
   print(results.summary(writer.rows))
+  held = results.ceiling_summary(checks_writer.rows, config.max_multiplier)
+  if held:
+    print(held)
   print(f"{done} of {config.tasks} tasks in {time.time() - started:.1f} s; "
         f"results: {results_path}; plot: {plot_path}")
   if interrupted:

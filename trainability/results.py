@@ -16,6 +16,17 @@ CHECKS_FILE = "checks.csv"
 SCHEDULER_PLOT_FILE = "scheduler.png"
 
 
+def ceiling_summary(rows: Sequence[dict], ceiling: float) -> str | None:
+  """One line on the checks whose multiplier was held at the ceiling, or None."""
+  held = [r for r in rows if str(r.get("at_ceiling")) == "True"]
+  if not held:
+    return None
+  layers = sorted({r["layer"] for r in held})
+  return (f"scheduler: a multiplier was held at the ceiling (max_multiplier {ceiling:g}) in "
+          f"{len(held)} of {len(rows)} layer checks, layers {', '.join(layers)}, from task "
+          f"{min(int(r['task']) for r in held) + 1}")
+
+
 def output_directory(path: str, field: str = "out") -> str:
   """Makes `path` (and its parents) and checks that files can be written in it.
 
@@ -65,10 +76,12 @@ def rho_hat(crossed) -> np.ndarray:
 
 
 def check_rows(checks, seeds: Sequence[int], task_ids: Sequence[int],
-               layer_names: Sequence[str]) -> list[dict]:
+               layer_names: Sequence[str], ceiling: float = math.inf) -> list[dict]:
   """One row per seed x task x check x layer with every quantity of the check.
 
   `checks` is a signals.Check whose fields have shape (seeds, tasks, checks, layers).
+  With a finite `ceiling` (the scheduler's max_multiplier) the rows also say
+  whether the layer's multiplier is held at it (`at_ceiling`).
   """
   fields = {name: np.asarray(v) for name, v in checks._asdict().items()}
   step = fields.pop("step")
@@ -81,6 +94,8 @@ def check_rows(checks, seeds: Sequence[int], task_ids: Sequence[int],
                  "step": int(step[s, j, c]),
                  "layer": layer}
           row.update({name: float(v[s, j, c, l]) for name, v in fields.items()})
+          if math.isfinite(ceiling):
+            row["at_ceiling"] = bool(row["multiplier"] >= ceiling * (1 - 1e-6))
           rows.append(row)
   return rows
 

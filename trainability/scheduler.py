@@ -82,6 +82,7 @@ derived in docs/thresholds.md:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -119,6 +120,9 @@ SETTINGS = (
             "task (paper: the first steps of every task) or run (reference code: the run's "
             "update count against one task's length, so only early in the first task)", str,
             WARM_WINDOWS),
+    Setting("max_multiplier", math.inf, "noise_curvature: ceiling on each layer's "
+            "learning-rate multiplier (inf: none); a multiplier held at it is flagged in "
+            "checks.csv (at_ceiling) and the run's summary", float, check=Number(1.0)),
     Setting("floor", 0.0, "noise_curvature: cool only when the step exceeds this (Algorithm 1 "
             "as published and the reference code: 0.12)", float, check=Number(0.0)),
 )
@@ -158,6 +162,7 @@ def noise_curvature_scheduler(
     kappa: float = DEFAULTS.kappa,
     warm_fraction: float = RULE["warm_fraction"],
     warm_window: str = RULE["warm_window"],
+    max_multiplier: float = RULE["max_multiplier"],
     steps_per_task: int | None = None,
     floor: float = RULE["floor"],
     curvature: str = DEFAULTS.curvature,
@@ -200,6 +205,10 @@ def noise_curvature_scheduler(
       this one are fewer than warm_fraction * steps_per_task, so only early in
       the first task (the reference compares its global update counter with
       0.1 x one task's length).
+    max_multiplier: a ceiling on each layer's multiplier (default inf: none).
+      Algorithm 1 has none, and with 1.01 per warm check a layer can warm
+      without bound (the paper100 CReLU run reached 1e8x); a warm step that
+      would pass the ceiling stops at it.
     steps_per_task: T_task, for the warm window (None: never warm).
     floor: cool only layers with alpha > floor. 0 (default) is off; 0.12 is
       Algorithm 1 as published (and the reference code's floor).
@@ -296,7 +305,7 @@ def noise_curvature_scheduler(
     decision = decide(step, m.alpha_tilde, safety, floor, in_warm_window,
                       ready=signals.checks >= 2)
     factor = jnp.where(decision.cool, cool, jnp.where(decision.warm, warm, 1.0))
-    multiplier = state.multiplier * factor
+    multiplier = jnp.minimum(state.multiplier * factor, max_multiplier)
     last = m._replace(step=jnp.asarray(at, jnp.int32), alpha=step * factor,
                       multiplier=multiplier, cooled=decision.cool, warmed=decision.warm)
     return state._replace(multiplier=multiplier, eigenvectors=signals.eigenvectors,
