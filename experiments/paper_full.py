@@ -26,7 +26,7 @@ of a task (`--warm-window run`), 100 power iterations per check.
 
 Each (arm, seed) is one `trainability run` into
 experiments/results/paper_full/ARM/seedS/ with a checkpoint after every task
-(the newest kept, about 6-7 MB). Seed 0 of every arm runs first, then seeds 1
+(the newest kept, 4 to 5 MB for these models). Seed 0 of every arm runs first, then seeds 1
 and 2. A finished run is skipped; an unfinished one resumes from its
 checkpoint (`trainability run --resume`), so an interruption loses at most
 the task in progress. The checkpoints are committed with the results, so a
