@@ -97,14 +97,17 @@ def reference_runs(reference: str, torch_python: str, root: str, arm: str, seeds
                          f"{process.returncode}")
 
 
+def run_name(arm: str, variant: str | None = None) -> str:
+  """The file or directory name of an arm's runs, or of one variant of them."""
+  return arm if variant is None else f"{arm}@{variant.replace(' ', '_')}"
+
+
 def reference_csv(root: str, arm: str, seed: int, variant: str | None = None) -> str:
-  name = arm if variant is None else f"{arm}@{variant.replace(' ', '_')}"
-  return os.path.join(root, "reference", f"{name}_seed{seed}.csv")
+  return os.path.join(root, "reference", f"{run_name(arm, variant)}_seed{seed}.csv")
 
 
 def library_dir(root: str, arm: str, variant: str | None = None) -> str:
-  name = arm if variant is None else f"{arm}@{variant.replace(' ', '_')}"
-  return os.path.join(root, "library", name)
+  return os.path.join(root, "library", run_name(arm, variant))
 
 
 def library_run(root: str, arm: str, seeds: int, tasks: int, epochs: int) -> None:

@@ -109,6 +109,19 @@ def test_reset_optimizer_discards_the_moments(tiny_config, reset, equal):
   assert np.array_equal(np.asarray(a.loss), np.asarray(b.loss)) == equal
 
 
+def test_reference_adam_betas_reach_the_run(tiny_config):
+  """--adam-betas reference changes a run from the second epoch on (epoch 0's betas are
+  the constant ones), through the first layer's Adam."""
+  def losses(betas):
+    trainer = make_trainer(tiny_config.replace(adam_betas=betas, tasks=1, epochs=3, seeds=1))
+    return np.asarray(jax.jit(trainer.train)(jax.random.key(0)).loss)
+
+  assert not np.array_equal(losses("reference"), losses("constant"))
+  one_epoch = lambda betas: np.asarray(jax.jit(make_trainer(tiny_config.replace(
+      adam_betas=betas, tasks=1, epochs=1, seeds=1)).train)(jax.random.key(0)).loss)
+  np.testing.assert_array_equal(one_epoch("reference"), one_epoch("constant"))
+
+
 def test_reset_timestep_restarts_adams_count_and_keeps_its_moments(tiny_config):
   """Adam-Rel: task 2 from a trained state equals task 2 from that state with every
   Adam count set to 0 by hand (moments untouched), and differs from no reset."""

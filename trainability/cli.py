@@ -307,8 +307,7 @@ def _run(args) -> int:
   main_process = devices.is_main()
 
   dataset = data_lib.load_for(config)
-  trainer = make_trainer(config, dataset)
-  os.makedirs(out, exist_ok=True)
+  trainer = make_trainer(config, dataset)  # `out` exists: _run_target made it
   if not resuming and main_process:
     with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
       json.dump({

@@ -176,13 +176,11 @@ OPTIMIZERS = {
                                           "l2": "l2"}),
 }
 
+# The Adam family, each built from its scaling: fn(scale) -> factory.
+ADAM_FAMILY = {"adam": _adam_with, "adamw": _adamw_with}
 # The same optimizers with a step count per element (only Adam's count is per step).
-ELEMENT_COUNT_FACTORIES = {"adam": _with_coupled_l2(_adam_with(scale_by_adam_per_element)),
-                           "adamw": _with_coupled_l2(_adamw_with(scale_by_adam_per_element))}
-
-
-# Adam-family factories, built from their scaling (for the beta ramp).
-RAMPED_FACTORIES = {"adam": _adam_with, "adamw": _adamw_with}
+ELEMENT_COUNT_FACTORIES = {name: _with_coupled_l2(build(scale_by_adam_per_element))
+                           for name, build in ADAM_FAMILY.items()}
 
 
 def default_hparams(config) -> dict[str, jnp.ndarray]:
@@ -203,12 +201,12 @@ def make_optimizer(name: str, hparams: Mapping[str, jnp.ndarray],
   """
   factory, fields = _lookup(name)
   if beta_ramp is not None:
-    if name not in RAMPED_FACTORIES:
+    if name not in ADAM_FAMILY:
       raise ConfigError(f"adam_betas: 'reference' needs optimizer adam or adamw, not {name!r}")
     if element_counts:
       raise ConfigError("adam_betas: 'reference' is not accepted with a unit reset (cbp, "
                         "redo), whose Adam keeps a step count per element; use 'constant'")
-    factory = _with_coupled_l2(_ramped(RAMPED_FACTORIES[name], beta_ramp))
+    factory = _with_coupled_l2(_ramped(ADAM_FAMILY[name], beta_ramp))
   elif element_counts:
     factory = ELEMENT_COUNT_FACTORIES.get(name, factory)
   unknown = sorted(set(hparams) - set(fields))

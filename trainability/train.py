@@ -178,7 +178,7 @@ def make_trainer(config: Config, dataset: data_lib.Dataset | None = None,
   wrappers = [c.wrap_optimizer for c in parts if c.wrap_optimizer is not None]
   layer_names = estimators.layers_of(jax.eval_shape(model.init, jax.random.key(0))[0]).names
   beta_ramp = None
-  if config.optimizer in ("adam", "adamw") and config.adam_betas == "reference":
+  if config.adam_betas == "reference":  # Config accepts it with adam and adamw only
     beta_ramp = optim.BetaRamp(layer_names[0], steps_per_epoch, config.epochs)
 
   def make_tx(hparams):
