@@ -8,9 +8,9 @@
 
 Each arm is one `trainability run` (a subprocess: seeds vmapped, results.csv
 written after every task) into experiments/results/modes/SUITE/ARM/. An arm
-whose results.csv is complete is skipped, a partial one is run again from its
-start (runs are deterministic), so an interrupted sweep resumes where it
-stopped. After each arm the suite's committed outputs are rewritten:
+whose results.csv is complete is skipped; a partial one resumes from its
+last finished task (each run keeps a checkpoint after every task, deleted
+when the arm finishes), so an interrupted sweep resumes where it stopped. After each arm the suite's committed outputs are rewritten:
 * modes_SUITE.csv: one row per arm x seed x task (online and final accuracy,
   rho_hat, each layer's learning-rate multiplier at the task's end);
 * modes_SUITE_table.csv: per arm, the mean online accuracy over all tasks,
@@ -63,6 +63,19 @@ MODES = {
     "paper_tuned": SCHEDULED + ["--threshold", "paper", "--beta", "1e5", "--cool", "0.9",
                                 "--warm-fraction", "0.1"],
 }
+# The field's other optimizers against loss of plasticity, untuned, beside the modes:
+# TRAC (Muppidi et al. 2024, parameter-free: its paper's defaults), Adam-Rel (Ellis et al.
+# 2024: Adam's step count restarts at every task, its moments kept) and Adam with its
+# moments and count reset at every task.
+OPTIMIZER_BASELINES = {
+    "trac": ["--scheduler", "trac"],
+    "adam_rel": ["--reset", "timestep"],
+    "adam_reset": ["--reset", "optimizer"],
+}
+MODES.update(OPTIMIZER_BASELINES)
+# The default mode with a ceiling on the multipliers (issue 25: the paper100 CReLU run
+# warmed to 1e8x without one); 10x is an order of magnitude above the base rate.
+MODES["reference_max10"] = MODES["reference"] + ["--max-multiplier", "10"]
 
 # Each suite: (common flags, {base arm: flags}, [(arm, base, extra flags)], read-off values).
 MAIN = ["--tasks", "40", "--seeds", "2"]
@@ -89,15 +102,19 @@ SUITES = {
     "main": (MAIN, {"adam": [], "adam_lr1e-4": ["--lr", "1e-4"], "adam_lr3e-4": ["--lr", "3e-4"],
                     "crelu": ["--activation", "crelu"],
                     "l2_init": ["--regularizer", "l2_init", "--reg-coef", "1e-2"]},
-             _arms(["adam"], ["paper", "algorithm1", "reference", "stability", "paper_tuned"])
+             _arms(["adam"], ["paper", "algorithm1", "reference", "stability", "paper_tuned",
+                              *OPTIMIZER_BASELINES, "reference_max10"])
              + [("adam_lr1e-4", "adam_lr1e-4", []), ("adam_lr3e-4", "adam_lr3e-4", [])]
-             + _arms(["crelu", "l2_init"], ["paper", "reference", "stability"]), {}),
+             + _arms(["crelu", "l2_init"], ["paper", "reference", "stability", "trac",
+                                            "adam_rel", "reference_max10"]), {}),
     "permuted": (PERMUTED, {"adam": [], "adam_lr1e-4": ["--lr", "1e-4"]},
-                 _arms(["adam"], ["paper", "reference", "stability"])
+                 _arms(["adam"], ["paper", "reference", "stability", "trac", "adam_rel"])
                  + [("adam_lr1e-4", "adam_lr1e-4", [])], {}),
-    "paper": (PAPER, PAPER_BASES, _arms(["crelu", "l2"], ["paper", "reference", "stability"]),
+    "paper": (PAPER, PAPER_BASES, _arms(["crelu", "l2"], ["paper", "reference", "stability",
+                                                         "trac", "adam_rel"]),
               PAPER_READOFF),
-    "paper100": (PAPER100, PAPER_BASES, _arms(["crelu", "l2"], ["reference"]), PAPER_READOFF),
+    "paper100": (PAPER100, PAPER_BASES, _arms(["crelu", "l2"], ["reference"])
+                 + [("crelu+reference_max10", "crelu", MODES["reference_max10"])], PAPER_READOFF),
 }
 
 ROW = ["arm", "seed", "task", "online_accuracy", "final_accuracy", "rho_hat",
@@ -130,24 +147,44 @@ def read_csv(path):
 
 
 def run_arm(out: str, flags) -> None:
-  """Runs one arm unless it is complete with these flags; a partial run starts again."""
+  """Runs one arm unless it is complete with these flags.
+
+  The run keeps a checkpoint after every task, so an arm interrupted with
+  these flags resumes from its last finished task (`trainability run
+  --resume`); an arm started with other flags, or before its first
+  checkpoint, starts again. A finished arm's checkpoint is deleted.
+  """
   results = os.path.join(out, "results.csv")
   flags_path = os.path.join(out, "flags.json")
+  pending_path = os.path.join(out, "pending.json")
+  checkpoints = os.path.join(out, "checkpoints")
   same = os.path.exists(flags_path) and json.load(open(flags_path)) == list(flags)
   if same and os.path.exists(results) and len(read_csv(results)) >= expected_rows(flags):
     print(f"  {os.path.basename(out)}: complete, skipped", flush=True)
     return
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  command = [sys.executable, "-m", "trainability", "run", *flags, "--out", out, "--no-progress"]
+  resumable = (os.path.exists(pending_path) and json.load(open(pending_path)) == list(flags)
+               and os.path.isdir(checkpoints) and os.listdir(checkpoints))
+  base = [sys.executable, "-m", "trainability", "run"]
+  if resumable:
+    command = base + ["--resume", out, "--no-progress"]
+  else:
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.makedirs(out)
+    with open(pending_path, "w") as f:
+      json.dump(list(flags), f)
+    command = base + [*flags, "--checkpoint-every", "1", "--keep-checkpoints", "1", "--out",
+                      out, "--no-progress"]
   started = time.time()
-  os.makedirs(out)
   code = subprocess.run(command).returncode
   if code != 0:
     raise SystemExit(f"arm {os.path.basename(out)}: trainability run exited with {code}")
   with open(flags_path, "w") as f:  # written last: only a finished arm has it
     json.dump(list(flags), f)
-  print(f"  {os.path.basename(out)}: {time.time() - started:.0f} s", flush=True)
+  os.remove(pending_path)
+  shutil.rmtree(checkpoints, ignore_errors=True)
+  print(f"  {os.path.basename(out)}: {time.time() - started:.0f} s"
+        + (" (resumed)" if resumable else ""), flush=True)
   condense_checks(out)
 
 

@@ -106,3 +106,51 @@ def test_component_state_names_the_run_components(tiny_config):
   with pytest.raises(ValueError, match="'clip' is not a component of this run; its "
                                        "components: unit_reset"):
     trainer.component_state(state, "clip")
+
+
+def _needs_task_step(inner):
+  """An optimizer wrapper whose update needs a keyword `task_step` and keeps the largest seen."""
+  import optax
+
+  def init(params):
+    return (inner.init(params), jnp.int32(-1))
+
+  def update(updates, state, params=None, *, task_step, **extra):
+    del extra
+    updates, inner_state = inner.update(updates, state[0], params)
+    return updates, (inner_state, jnp.maximum(state[1], task_step))
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_a_component_supplies_the_extra_arguments_its_optimizer_wrapper_needs(tiny_config):
+  """update_args: the loop passes what a component's wrapper needs to tx.update, and
+  nothing else names it (the step has no component-specific argument)."""
+  part = comp.Component("stepper", wrap_optimizer=_needs_task_step,
+                        update_args=lambda pending, state, hp: {"task_step": pending.task_step})
+  config = tiny_config.replace(seeds=1, tasks=1)
+  trainer = make_trainer(config, components=[part])
+  final, _ = jax.jit(trainer.run_tasks)(trainer.init(jax.random.key(0)), jnp.arange(1))
+  steps = config.epochs * trainer.steps_per_epoch
+  assert int(jax.tree.leaves(final.opt_state)[-1]) == steps - 1
+  # Without the hook, the wrapper's update is missing its argument.
+  bare = make_trainer(config, components=[part._replace(update_args=None)])
+  with pytest.raises(TypeError, match="task_step"):
+    jax.jit(bare.run_tasks)(bare.init(jax.random.key(0)), jnp.arange(1))
+
+
+def test_two_components_supplying_one_update_argument_is_refused(tiny_config):
+  args = lambda pending, state, hp: {"task_step": pending.task_step}
+  parts = [comp.Component("one", update_args=args), comp.Component("two", update_args=args)]
+  trainer = make_trainer(tiny_config.replace(seeds=1, tasks=1), components=parts)
+  with pytest.raises(ValueError, match="^components: 'two' and 'one' both supply the update "
+                                       "argument 'task_step'; names must differ"):
+    jax.jit(trainer.run_tasks)(trainer.init(jax.random.key(0)), jnp.arange(1))
+
+
+def test_records_see_the_product_of_the_components_multipliers():
+  twice = comp.Component("twice", multiplier=lambda opt_state: jnp.full((3,), 2.0))
+  thrice = comp.Component("thrice", multiplier=lambda opt_state: jnp.array([3.0, 1.0, 0.5]))
+  silent = comp.Component("silent", multiplier=lambda opt_state: None)
+  np.testing.assert_allclose(comp.multiplier((twice, silent, thrice), None), [6.0, 2.0, 1.0])
+  assert comp.multiplier((silent, comp.Component("none")), None) is None

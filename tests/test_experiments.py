@@ -147,6 +147,48 @@ def test_scheduler_modes_runs_arms_writes_outputs_and_resumes(tmp_path, monkeypa
   assert len(script.read_csv(results)) == 4
 
 
+def test_scheduler_modes_resumes_an_interrupted_arm_from_its_checkpoint(tmp_path, monkeypatch):
+  """An arm stopped with the same flags and a checkpoint resumes (`run --resume`);
+  one with other flags starts again, with a checkpoint after every task."""
+  script = _load("scheduler_modes", monkeypatch)
+  commands = []
+
+  class Done:
+    returncode = 0
+
+  monkeypatch.setattr(script.subprocess, "run", lambda command: commands.append(command) or Done)
+  monkeypatch.setattr(script, "condense_checks", lambda out: None)
+  out, flags = tmp_path / "arm", ["--tasks", "3", "--seeds", "1"]
+  (out / "checkpoints" / "2").mkdir(parents=True)
+  (out / "pending.json").write_text(json.dumps(flags))
+  script.run_arm(str(out), flags)
+  assert commands[-1][-3:] == ["--resume", str(out), "--no-progress"]
+  assert json.loads((out / "flags.json").read_text()) == flags
+  assert not (out / "pending.json").exists() and not (out / "checkpoints").exists()
+  # Other flags: a fresh start that checkpoints every task.
+  (out / "checkpoints" / "2").mkdir(parents=True)
+  (out / "pending.json").write_text(json.dumps(["--tasks", "5"]))
+  (out / "flags.json").unlink()
+  script.run_arm(str(out), flags)
+  assert "--resume" not in commands[-1]
+  assert commands[-1][4:] == flags + ["--checkpoint-every", "1", "--keep-checkpoints", "1",
+                                      "--out", str(out), "--no-progress"]
+
+
+def test_trac_scale_writes_s_and_the_distance_from_init_per_task(tmp_path, monkeypatch):
+  script = _load("trac_scale", monkeypatch)
+  out = tmp_path / "trac_scale.csv"
+  assert script.main(["--tasks", "2", "--seeds", "1", "--epochs", "2", "--out", str(out)]) == 0
+  with open(out, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["arm"], r["task"]) for r in rows] == [("adam", "1"), ("adam", "2"),
+                                                  ("adam+trac", "1"), ("adam+trac", "2")]
+  trac_rows = [r for r in rows if r["arm"] == "adam+trac"]
+  assert all(float(r["trac_scale"]) > 0 for r in trac_rows)
+  assert all(r["trac_scale"] == "nan" for r in rows if r["arm"] == "adam")
+  assert all(float(r["relative_distance"]) > 0 for r in rows)
+
+
 def test_scheduler_modes_bad_arm_is_a_one_line_error(monkeypatch):
   script = _load("scheduler_modes", monkeypatch)
   with pytest.raises(SystemExit, match="--arms: 'nope' is not accepted"):

@@ -8,7 +8,7 @@ import pytest
 
 from trainability.scheduler import DEFAULTS as SIGNAL_DEFAULTS
 
-from trainability import estimators, indicators
+from trainability import estimators, indicators, units
 from trainability.config import ConfigError, indicator_names
 
 
@@ -429,13 +429,12 @@ def test_fresh_draw_curvature_of_an_embedded_net_estimates_the_narrow_nets():
   """Hutchinson's trace and Lanczos' top eigenvalues draw new vectors at every
   evaluation: embedded, they estimate the narrow net's Hessian (its padding
   has zero Hessian rows; the Lanczos start is masked onto the real elements)."""
-  from trainability import interventions
   (model, params, state, _), (wide, wide_params, wide_state, _), batch, example_loss, _ = \
       _embedded_pair("tanh", 4, 7)
   mean = lambda m, s: lambda p: jnp.mean(
       jax.vmap(example_loss(m), (None, None, 0))(p, s, batch))
   loss, wide_loss = mean(model, state), mean(wide, wide_state)
-  mask = interventions.real_elements(wide, wide_params, wide_state)
+  mask = units.real_elements(wide, wide_params, wide_state)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
   hessian = np.asarray(jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat), np.float64)
   eig = np.linalg.eigvalsh(hessian)

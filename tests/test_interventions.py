@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from trainability import interventions, models, optim
+from trainability import interventions, models, optim, units
 from trainability.config import Config
 
 KEY = jax.random.key(0)
@@ -134,7 +134,7 @@ CASES = [
 def test_a_reset_unit_contributes_nothing_and_only_its_weights_change(changes):
   model, params, state = build(**changes)
   fresh, fresh_state = model.init(jax.random.key(9))
-  replace = {n: jnp.arange(u) % 3 == 1 for n, u in interventions.units_of(model, params).items()}
+  replace = {n: jnp.arange(u) % 3 == 1 for n, u in units.units_of(model, params).items()}
   new, new_state, masks = interventions.reset_units(model, params, state, fresh, fresh_state,
                                                     replace)
   # Incoming parameters are the fresh ones, outgoing weights zero, the rest untouched.
@@ -175,7 +175,7 @@ def test_reset_optimizer_state_resets_exactly_the_touched_moments_and_counts():
   for _ in range(3):
     _, opt_state = tx.update(grads, opt_state, params)
   replace = {n: jnp.arange(8) == 2 for n in model.hidden}
-  masks = interventions.unit_masks(model, params, replace)
+  masks = units.unit_masks(model, params, replace)
   reset = interventions.reset_optimizer_state(opt_state, tx.init(params), masks.touched)
   adam, old = reset.inner_state[1][0], opt_state.inner_state[1][0]
   touched = masks.touched

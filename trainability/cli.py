@@ -203,8 +203,10 @@ def _report(run_dirs, out) -> int:
 def _title(config: Config) -> str:
   title = (f"{config.dataset}, {config.stream}, {config.model} {config.activation}, "
            f"{config.optimizer} lr={config.lr:g}, B={config.batch_size}, E={config.epochs}")
-  if config.scheduler != "none":
+  if config.scheduler == "noise_curvature":
     title += f", {config.scheduler} (K={config.check_every}, beta={config.beta:g})"
+  elif config.scheduler == "trac":
+    title += f", trac (s_init={config.trac_s_init:g})"
   return title
 
 
@@ -301,6 +303,35 @@ def _start_devices(args) -> None:
     devices.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
+def _write_run_info(out: str, config: Config, dataset, trainer) -> None:
+  """config.json: the run's config and what it ran on."""
+  with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
+    json.dump({
+        "config": config.to_dict(),
+        "train_examples": int(len(dataset.y_train)),
+        "test_examples": int(len(dataset.y_test)),
+        "num_classes": dataset.num_classes,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "steps_per_task": trainer.steps_per_epoch * config.epochs,
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+    }, f, indent=2)
+
+
+def _plot_run(out: str, config: Config, dataset, rows, check_rows, indicator_rows) -> None:
+  """The run's figures from the rows written so far."""
+  results.plot_online_accuracy(rows, os.path.join(out, results.PLOT_FILE), _title(config),
+                               1.0 / dataset.num_classes)
+  if check_rows:
+    results.plot_scheduler(check_rows, os.path.join(out, results.SCHEDULER_PLOT_FILE),
+                           config.lr, _title(config))
+  if indicator_rows:
+    report.plot_indicators(rows, indicator_rows, os.path.join(out, report.INDICATORS_PLOT_FILE),
+                           _title(config))
+
+
 def _run(args) -> int:
   config, out, resuming = _run_target(args)
   _start_devices(args)
@@ -309,19 +340,7 @@ def _run(args) -> int:
   dataset = data_lib.load_for(config)
   trainer = make_trainer(config, dataset)  # `out` exists: _run_target made it
   if not resuming and main_process:
-    with open(os.path.join(out, results.CONFIG_FILE), "w") as f:
-      json.dump({
-          "config": config.to_dict(),
-          "train_examples": int(len(dataset.y_train)),
-          "test_examples": int(len(dataset.y_test)),
-          "num_classes": dataset.num_classes,
-          "steps_per_epoch": trainer.steps_per_epoch,
-          "steps_per_task": trainer.steps_per_epoch * config.epochs,
-          "jax_version": jax.__version__,
-          "backend": jax.default_backend(),
-          "devices": jax.device_count(),
-          "processes": jax.process_count(),
-      }, f, indent=2)
+    _write_run_info(out, config, dataset, trainer)
 
   seeds = list(range(config.seed, config.seed + config.seeds))
   keys = devices.shard_runs(seed_keys(config))
@@ -384,15 +403,7 @@ def _run(args) -> int:
       checkpoints.close()
     # Whatever finished is on disk already; draw it even after a crash.
     if main_process:
-      results.plot_online_accuracy(writer.rows, plot_path, _title(config),
-                                   1.0 / dataset.num_classes)
-      if checks_writer.rows:
-        results.plot_scheduler(checks_writer.rows,
-                               os.path.join(out, results.SCHEDULER_PLOT_FILE), config.lr,
-                               _title(config))
-      if indicators_writer.rows:
-        report.plot_indicators(writer.rows, indicators_writer.rows,
-                               os.path.join(out, report.INDICATORS_PLOT_FILE), _title(config))
+      _plot_run(out, config, dataset, writer.rows, checks_writer.rows, indicators_writer.rows)
   if not main_process:
     return 130 if interrupted else 0
   done = len({r["task"] for r in writer.rows})

@@ -1,9 +1,10 @@
 """One interface for everything that acts in a run besides the optimizer.
 
-A `Component` is a name, its traced hyperparameters and up to five pure
-hooks; the training loop (`train.make_trainer`) calls every component's hook
-at each point of the run, in the order the components are given, with no
-knowledge of what any of them does (as `optax.chain` does for transforms):
+A `Component` is a name, its traced hyperparameters and up to six pure
+hooks; the training loop (`train.run_task`, `train.train_step`) calls every
+component's hook at each point of the run, in the order the components are
+given, with no knowledge of what any of them does (as `optax.chain` does for
+transforms):
 
 * `init(params, model_state, key) -> state`: the component's state at the
   run's start (None if it needs none). The state is carried through the run
@@ -26,14 +27,24 @@ knowledge of what any of them does (as `optax.chain` does for transforms):
   shapes at every call; `train.TaskMetrics.records[name]` stacks them,
   (evaluations, ...) per task.
 
+* `update_args(pending, state, hp) -> {keyword: value}`: before every
+  update, the extra keyword arguments that the component's optimizer wrapper
+  needs in `tx.update` (optax's extra-args contract); `pending` is a
+  `Pending`, the step before its update. The loop merges every component's
+  arguments and passes them on; an optimizer that takes none ignores them
+  (`optax.with_extra_args_support`).
+
 `hparams` ({name: default}) are the component's traced run hyperparameters:
 `train(key, hparams)` may override them with (vmapped) arrays, so a sweep
 over them compiles once; every hook receives them as `hp`, float32 scalars.
 `wrap_optimizer(tx) -> tx` lets a component wrap the optimizer (the
-noise-curvature scheduler); its `update` receives the extra arguments of
-`UPDATE_ARGS`. `element_counts` asks for Adam state with one step count per
-parameter element (`optim.scale_by_adam_per_element`), for components that
-reset part of the optimizer state.
+noise-curvature scheduler), and `multiplier(opt_state) -> (layers,) or None`
+tells the run the per-layer learning-rate multipliers it applies: `Step`
+carries their product at record time (`step.multiplier`, None when no
+component has one), so an indicator of the effective step reads it there.
+`element_counts` asks for Adam state with one step count per parameter
+element (`optim.scale_by_adam_per_element`), for components that reset part
+of the optimizer state.
 
 Keys: `init`, `task_start` and `after_update` receive the run's key for that
 occasion, the same for every component; a component that draws randomness
@@ -46,13 +57,6 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-# The extra keyword arguments the loop passes to the optimizer's update
-# (optax's GradientTransformationExtraArgs): the per-example loss, the
-# minibatch, the step of the task (a loop counter), the same as `step`, and a
-# callback for the data loss's per-example gradient statistics.
-UPDATE_ARGS = ("example_loss", "batch", "task_step", "step", "gradient_noise")
-
 
 class TaskData(NamedTuple):
   """The current task, as the hooks see it."""
@@ -74,6 +78,17 @@ class Boundary(NamedTuple):
   init_optimizer: Callable    # params -> a fresh optimizer state, same hyperparameters
 
 
+class Pending(NamedTuple):
+  """One training step before its update (`update_args`)."""
+
+  params: Any                 # the parameters of this step's forward pass
+  model_state: Any            # the model state of this step's forward pass
+  batch: Any                  # (inputs, labels) of this step
+  grads: Any                  # the data loss's gradient at `params` (no penalties)
+  task: TaskData
+  task_step: jax.Array        # steps of the task before this one (an unbatched counter)
+
+
 class Step(NamedTuple):
   """One training step, after the update (`after_update`, `record`)."""
 
@@ -89,6 +104,7 @@ class Step(NamedTuple):
   task_step: jax.Array        # steps of the task before this one (an unbatched counter)
   count: jax.Array            # updates of the run so far, this one included
   key: jax.Array              # this step's key
+  multiplier: Any = None      # at record time: the components' per-layer lr multipliers
 
 
 class Component(NamedTuple):
@@ -103,6 +119,8 @@ class Component(NamedTuple):
   every: int = 1
   wrap_optimizer: Callable | None = None
   element_counts: bool = False
+  update_args: Callable | None = None
+  multiplier: Callable | None = None
 
 
 def select(pred, on_true, on_false):
@@ -168,6 +186,34 @@ def start_task(components, states, hparams, boundary: Boundary):
 
 def after_update(components, states, hparams, step: Step):
   return _through("after_update", components, states, hparams, step)
+
+
+def update_args(components, states, hparams, pending: Pending) -> dict:
+  """Every component's extra arguments for `tx.update`, merged; one name from two
+  components is an error."""
+  merged, owner = {}, {}
+  for c, s in zip(components, states):
+    if c.update_args is None:
+      continue
+    for name, value in c.update_args(pending, s, own_hparams(c, hparams)).items():
+      if name in merged:
+        raise ValueError(f"components: {c.name!r} and {owner[name]!r} both supply the update "
+                         f"argument {name!r}; names must differ")
+      merged[name], owner[name] = value, c.name
+  return merged
+
+
+def multiplier(components, opt_state):
+  """The product of the components' per-layer learning-rate multipliers in
+  `opt_state`, or None when no component has one."""
+  found = [m for m in (c.multiplier(opt_state) for c in components if c.multiplier) if
+           m is not None]
+  if not found:
+    return None
+  out = found[0]
+  for m in found[1:]:
+    out = out * m
+  return out
 
 
 def record(components, states, hparams, step: Step):

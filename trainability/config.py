@@ -3,7 +3,7 @@
 Each module declares its own settings, with their defaults, help texts and
 accepted values (`data.SETTINGS`, `tasks.SETTINGS`, `train.SETTINGS`,
 `models.SETTINGS`, `optim.SETTINGS`, `interventions.SETTINGS`,
-`regularizers.SETTINGS`, `scheduler.SETTINGS`, `signals.SETTINGS`,
+`regularizers.SETTINGS`, `scheduler.SETTINGS`, `trac.SETTINGS`, `signals.SETTINGS`,
 `indicators.SETTINGS`, `train.RUN_SETTINGS`; see `trainability.settings`).
 `Config` has one field per setting, so the CLI flags (`cli.py`), the config
 file and the Python API agree. A bad value raises `ConfigError` with a
@@ -17,7 +17,7 @@ import json
 from typing import Any, Optional
 
 from trainability import data, indicators, interventions, models, optim, regularizers
-from trainability import scheduler, signals, tasks, train
+from trainability import scheduler, signals, tasks, trac, train
 from trainability.indicators import INDICATORS, indicator_names  # noqa: F401 (re-exported)
 from trainability.settings import ConfigError, Setting  # noqa: F401 (ConfigError re-exported)
 
@@ -25,7 +25,7 @@ from trainability.settings import ConfigError, Setting  # noqa: F401 (ConfigErro
 SETTINGS: tuple[Setting, ...] = (
     data.SETTINGS + tasks.SETTINGS + train.SETTINGS + models.SETTINGS + optim.SETTINGS
     + interventions.SETTINGS[:1] + regularizers.SETTINGS + interventions.SETTINGS[1:]
-    + scheduler.SETTINGS + signals.SETTINGS + indicators.SETTINGS + train.RUN_SETTINGS)
+    + scheduler.SETTINGS + trac.SETTINGS + signals.SETTINGS + indicators.SETTINGS + train.RUN_SETTINGS)
 _BY_NAME = {s.name: s for s in SETTINGS}
 assert len(_BY_NAME) == len(SETTINGS), "a setting is declared twice"
 
@@ -70,6 +70,10 @@ class _Methods:
     if self.reset == "timestep" and self.optimizer not in ("adam", "adamw"):
       raise ConfigError(f"reset: 'timestep' restarts Adam's step count; it needs optimizer adam "
                         f"or adamw, not {self.optimizer!r}")
+    if self.scheduler == "trac" and self.reset == "model":
+      raise ConfigError("reset: 'model' with scheduler 'trac' would carry TRAC's displacement "
+                        "from the old weights into the new ones; use 'both', which restarts "
+                        "TRAC at the new weights")
     if self.adam_betas == "reference" and self.unit_reset != "none":
       raise ConfigError(
           f"adam_betas: 'reference' is not accepted with unit_reset {self.unit_reset!r}, whose "
@@ -95,6 +99,11 @@ class _Methods:
       return None
     return f"has no effect with {switch} {value!r}; it acts only with {switch} " \
            f"{' or '.join(used_with)}"
+
+  def unused_hparam(self, name: str) -> str | None:
+    """Why traced hyperparameter `name` cannot be given to this run (it does not
+    act here), or None: not a traced field of any setting, or one that acts."""
+    return self.unused_because(name) if name in TRACED_FIELDS else None
 
   def traced_fields(self) -> tuple[str, ...]:
     """The TRACED_FIELDS that act in this config: the run's traced hyperparameters."""

@@ -194,6 +194,22 @@ def dense_noise_fn(example_loss, batch, dense_inputs, model_state):
   return noise
 
 
+def data_noise_fn(example_loss, batch, dense_inputs, model_state, mean_grads):
+  """A `gradient_noise(params, grads)` callback centred on `mean_grads`, the data
+  loss's mean gradient, whatever `grads` it is called with (the optimizer's,
+  which may include penalties): the dense path when `dense_inputs` is given
+  (`dense_noise_fn`), else per-example gradients of `example_loss`."""
+  dense = dense_noise_fn(example_loss, batch, dense_inputs, model_state)
+
+  def noise(params, grads):
+    del grads
+    if dense is not None:
+      return dense(params, mean_grads)
+    return gradient_noise(example_loss, params, batch, layers_of(params), mean_grads=mean_grads)
+
+  return noise
+
+
 def dense_deltas(example_loss, params, batch) -> dict:
   """{layer: (B, units)} per-example gradients of each dense layer's bias.
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from trainability import estimators, interventions, models, signals as signals_lib
+from trainability import estimators, models, signals as signals_lib, units
 from trainability.components import Component
 from trainability.settings import ConfigError, Integer, Number, Predicate, Setting, by_name
 from trainability.signals import DEFAULTS as SIGNAL_DEFAULTS, SignalSettings
@@ -395,6 +395,21 @@ class Suite(NamedTuple):
   compute: Any
 
 
+class _Spec(NamedTuple):
+  """What a suite's `compute` reads besides its arguments (static)."""
+
+  model: Any
+  example_loss: Any
+  names: tuple
+  wanted: frozenset
+  options: Options
+  layers: Any                     # estimators.Layers of the params
+  network: Any                    # the whole network as one group
+  hidden: tuple                   # hidden-layer names of the feature indicators
+  learning_rate: Any
+  momentum: Any
+
+
 def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Options(),
                learning_rate=None, momentum=None) -> Suite:
   """The indicators `names` of `model` (a models.Model; feature indicators need `features`).
@@ -426,8 +441,8 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
       labels[n] = layers.names
     else:
       labels[n] = per_layer
-  network = whole_network(params_shape)
-  wanted = set(names)
+  spec = _Spec(model, example_loss, names, frozenset(names), options, layers,
+               whole_network(params_shape), hidden, learning_rate, momentum)
 
   def init(params, key) -> SuiteState:
     k1, k2, k3 = jax.random.split(key, 3)
@@ -443,114 +458,153 @@ def make_suite(model, example_loss, inputs, names=NAMES, options: Options = Opti
     opt_state, count, multiplier: the optimizer's state, update count and
     per-layer multipliers (scheduler; default 1), for the effective step.
     """
-    key, *keys = jax.random.split(state.key, 5)
-    loss_i = lambda p, example: example_loss(p, model_state, example)
-    mean_loss = lambda p: jnp.mean(jax.vmap(loss_i, in_axes=(None, 0))(p, batch))
-    grads = jax.grad(mean_loss)(params)
-    # A narrower net embedded in this one (unit masks): its own elements and units.
-    mask = interventions.real_elements(model, params, model_state)
-    active = (model_state or {}).get(models.ACTIVE_UNITS, {})
-    if updates is None:
-      updates = jax.tree.map(jnp.zeros_like, params)
-    out = {}
-
-    def both(network_value, layer_values):
-      return jnp.concatenate([jnp.atleast_1d(network_value), layer_values]).astype(jnp.float32)
-
-    def total_norm(tree):
-      return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
-
-    if "weight_norm" in wanted:
-      out["weight_norm"] = both(total_norm(params), norms(layers, params))
-    if "gradient_norm" in wanted:
-      out["gradient_norm"] = both(total_norm(grads), norms(layers, grads))
-    if "update_norm" in wanted:
-      out["update_norm"] = both(total_norm(updates), norms(layers, updates))
-    if "grad_param_ratio" in wanted:
-      out["grad_param_ratio"] = both(ratio_of_means(network, grads, params, mask)[0],
-                                     ratio_of_means(layers, grads, params, mask))
-    if wanted & set(FEATURE):
-      feats = model.features(params, model_state, batch[0])
-      # srank and effective rank need no mask: zero columns add no singular value.
-      pick = {"unit_sign_entropy": lambda f, u: unit_sign_entropy(f.pre, u),
-              "dormant_fraction": lambda f, u: dormant_fraction(
-                  f.post, options.tau, None if u is None else jnp.tile(u, model.copies)),
-              "srank": lambda f, u: srank(f.post, options.delta),
-              "effective_rank": lambda f, u: effective_rank(f.post)}
-      units = {h: active[h]["units"] if h in active else None for h in hidden}
-      for n in FEATURE:
-        if n in wanted:
-          out[n] = jnp.stack([pick[n](feats[h], units[h]) for h in hidden]).astype(jnp.float32)
-    network_vector = state.network_vector
-    curvature = options.signals.resolved()
-    top = lambda groups, start, key: estimators.top_block_eigenvalues(
-        mean_loss, params, groups, start, curvature.curvature, curvature.curvature_steps,
-        curvature.curvature_tol, key=key, mask=mask)
-    if "sharpness" in wanted:
-      whole = top(network, network_vector, keys[0])
-      network_vector = whole.vectors
-    if "hessian_trace" in wanted:
-      trace = hessian_trace(mean_loss, params, layers, options.trace_samples, keys[1])
-      out["hessian_trace"] = both(trace.total, trace.per_layer)
-    if "top_eigenvalues" in wanted:
-      out["top_eigenvalues"] = top_eigenvalues(mean_loss, params, options.top_k,
-                                               options.lanczos_steps, keys[2], mask)
-    if "hessian_rank" in wanted:
-      k = min(options.rank_examples, jax.tree.leaves(batch)[0].shape[0])
-      few = jax.tree.map(lambda a: a[:k], batch)
-      if model.dense_inputs is not None:
-        gram = estimators.dense_gradient_gram(loss_i, params, few,
-                                              model.dense_inputs(params, model_state, few[0]))
-        out["hessian_rank"] = jnp.atleast_1d(gram_rank(gram))
-      else:
-        out["hessian_rank"] = jnp.atleast_1d(
-            hessian_rank_proxy(estimators.per_example_gradients(loss_i, params, few)))
-    if "jacobian_sigma_min" in wanted:
-      out["jacobian_sigma_min"] = model_jacobian_sigma_min(
-          model, params, model_state, batch[0][:options.jacobian_examples])
-    signals = state.signals
-    if "sharpness" in wanted and not wanted & set(SIGNALS):
-      blocks = top(layers, signals.eigenvectors, keys[3])
-      signals = signals._replace(eigenvectors=blocks.vectors)
-      out["sharpness"] = both(whole.values[0], blocks.values)
-    if wanted & set(SIGNALS):
-      m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
-      step, agg = signals_lib.layer_step(curvature.effective_step, layers, opt_state, count, m,
-                                       grads, updates, learning_rate, momentum,
-                                       normaliser=signals_lib.normaliser_of(curvature),
-                                       mask=mask)
-      noise_fn = estimators.dense_noise_fn(loss_i, batch, model.dense_inputs, model_state)
-      signals, check = signals_lib.observe(
-          signals, layers, params, grads, loss_i, batch, step, agg, keys[3], curvature,
-          gradient_noise=noise_fn, mask=mask)
-      if "sharpness" in wanted:
-        out["sharpness"] = both(whole.values[0], check.lam)
-      values = {"effective_step": check.alpha, "alpha_g": check.alpha_g,
-                "lam_bar": check.lam_bar, "vol": check.vol, "alpha_vol": check.alpha_vol,
-                "alpha_tilde": check.alpha_tilde, "crossed": check.crossed}
-      for n in SIGNALS:
-        if n in wanted:
-          out[n] = values[n].astype(jnp.float32)
-    return {n: out[n] for n in names}, SuiteState(signals, network_vector, key)
+    return _compute(spec, state, params, model_state, batch, updates, opt_state, count,
+                    multiplier)
 
   return Suite(names, labels, init, compute)
 
 
+class _At(NamedTuple):
+  """Where a suite's indicators are measured (traced)."""
 
-def as_component(suite: Suite, every: int, probe_size: int,
-                 multiplier_of: Callable[[Any], Any] | None = None) -> Component:
+  params: Any
+  model_state: Any
+  batch: Any
+  grads: Any                      # of the batch's mean loss
+  mean_loss: Any                  # params -> the batch's mean loss
+  loss_i: Any                     # (params, example) -> one example's loss
+  mask: Any                       # the network's own elements (units.real_elements) or None
+
+
+def _compute(spec: _Spec, state: SuiteState, params, model_state, batch, updates, opt_state,
+             count, multiplier):
+  key, *keys = jax.random.split(state.key, 5)
+  loss_i = lambda p, example: spec.example_loss(p, model_state, example)
+  mean_loss = lambda p: jnp.mean(jax.vmap(loss_i, in_axes=(None, 0))(p, batch))
+  grads = jax.grad(mean_loss)(params)
+  # A narrower net embedded in this one (unit masks): its own elements and units.
+  at = _At(params, model_state, batch, grads, mean_loss, loss_i,
+           units.real_elements(spec.model, params, model_state))
+  if updates is None:
+    updates = jax.tree.map(jnp.zeros_like, params)
+  out = {**_norm_values(spec, at, updates), **_feature_values(spec, at)}
+  curvature = spec.options.signals.resolved()
+  top = lambda groups, start, key: estimators.top_block_eigenvalues(
+      mean_loss, params, groups, start, curvature.curvature, curvature.curvature_steps,
+      curvature.curvature_tol, key=key, mask=at.mask)
+  network_vector = state.network_vector
+  if "sharpness" in spec.wanted:
+    whole = top(spec.network, network_vector, keys[0])
+    network_vector = whole.vectors
+  out.update(_hessian_values(spec, at, keys[1], keys[2]))
+  signals = state.signals
+  if "sharpness" in spec.wanted and not spec.wanted & set(SIGNALS):
+    blocks = top(spec.layers, signals.eigenvectors, keys[3])
+    signals = signals._replace(eigenvectors=blocks.vectors)
+    out["sharpness"] = _both(whole.values[0], blocks.values)
+  if spec.wanted & set(SIGNALS):
+    signals, values = _signal_values(spec, at, signals, updates, opt_state, count, multiplier,
+                                     curvature, keys[3])
+    if "sharpness" in spec.wanted:
+      out["sharpness"] = _both(whole.values[0], values.pop("lam"))
+    out.update(values)
+  return {n: out[n] for n in spec.names}, SuiteState(signals, network_vector, key)
+
+
+def _both(network_value, layer_values):
+  """The network's value, then each layer's, as one float32 row."""
+  return jnp.concatenate([jnp.atleast_1d(network_value), layer_values]).astype(jnp.float32)
+
+
+def _norm_values(spec: _Spec, at: _At, updates) -> dict:
+  total_norm = lambda tree: jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+  out, layers = {}, spec.layers
+  if "weight_norm" in spec.wanted:
+    out["weight_norm"] = _both(total_norm(at.params), norms(layers, at.params))
+  if "gradient_norm" in spec.wanted:
+    out["gradient_norm"] = _both(total_norm(at.grads), norms(layers, at.grads))
+  if "update_norm" in spec.wanted:
+    out["update_norm"] = _both(total_norm(updates), norms(layers, updates))
+  if "grad_param_ratio" in spec.wanted:
+    out["grad_param_ratio"] = _both(ratio_of_means(spec.network, at.grads, at.params, at.mask)[0],
+                                    ratio_of_means(layers, at.grads, at.params, at.mask))
+  return out
+
+
+def _feature_values(spec: _Spec, at: _At) -> dict:
+  if not spec.wanted & set(FEATURE):
+    return {}
+  model, options = spec.model, spec.options
+  active = (at.model_state or {}).get(models.ACTIVE_UNITS, {})
+  feats = model.features(at.params, at.model_state, at.batch[0])
+  # srank and effective rank need no mask: zero columns add no singular value.
+  pick = {"unit_sign_entropy": lambda f, u: unit_sign_entropy(f.pre, u),
+          "dormant_fraction": lambda f, u: dormant_fraction(
+              f.post, options.tau, None if u is None else jnp.tile(u, model.copies)),
+          "srank": lambda f, u: srank(f.post, options.delta),
+          "effective_rank": lambda f, u: effective_rank(f.post)}
+  active_of = {h: active[h]["units"] if h in active else None for h in spec.hidden}
+  return {n: jnp.stack([pick[n](feats[h], active_of[h]) for h in spec.hidden]).astype(
+      jnp.float32) for n in FEATURE if n in spec.wanted}
+
+
+def _hessian_values(spec: _Spec, at: _At, trace_key, top_key) -> dict:
+  out, options, wanted = {}, spec.options, spec.wanted
+  if "hessian_trace" in wanted:
+    trace = hessian_trace(at.mean_loss, at.params, spec.layers, options.trace_samples, trace_key)
+    out["hessian_trace"] = _both(trace.total, trace.per_layer)
+  if "top_eigenvalues" in wanted:
+    out["top_eigenvalues"] = top_eigenvalues(at.mean_loss, at.params, options.top_k,
+                                             options.lanczos_steps, top_key, at.mask)
+  if "hessian_rank" in wanted:
+    k = min(options.rank_examples, jax.tree.leaves(at.batch)[0].shape[0])
+    few = jax.tree.map(lambda a: a[:k], at.batch)
+    if spec.model.dense_inputs is not None:
+      gram = estimators.dense_gradient_gram(
+          at.loss_i, at.params, few, spec.model.dense_inputs(at.params, at.model_state, few[0]))
+      out["hessian_rank"] = jnp.atleast_1d(gram_rank(gram))
+    else:
+      out["hessian_rank"] = jnp.atleast_1d(
+          hessian_rank_proxy(estimators.per_example_gradients(at.loss_i, at.params, few)))
+  if "jacobian_sigma_min" in wanted:
+    out["jacobian_sigma_min"] = model_jacobian_sigma_min(
+        spec.model, at.params, at.model_state, at.batch[0][:options.jacobian_examples])
+  return out
+
+
+def _signal_values(spec: _Spec, at: _At, signals, updates, opt_state, count, multiplier,
+                   curvature, key):
+  """(signals, {signal indicator: per-layer values, "lam": the layers' curvature})."""
+  layers = spec.layers
+  m = jnp.ones((layers.count,), jnp.float32) if multiplier is None else multiplier
+  step, agg = signals_lib.layer_step(curvature.effective_step, layers, opt_state, count, m,
+                                     at.grads, updates, spec.learning_rate, spec.momentum,
+                                     normaliser=signals_lib.normaliser_of(curvature),
+                                     mask=at.mask)
+  noise_fn = estimators.dense_noise_fn(at.loss_i, at.batch, spec.model.dense_inputs,
+                                       at.model_state)
+  signals, check = signals_lib.observe(
+      signals, layers, at.params, at.grads, at.loss_i, at.batch, step, agg, key, curvature,
+      gradient_noise=noise_fn, mask=at.mask)
+  values = {"effective_step": check.alpha, "alpha_g": check.alpha_g,
+            "lam_bar": check.lam_bar, "vol": check.vol, "alpha_vol": check.alpha_vol,
+            "alpha_tilde": check.alpha_tilde, "crossed": check.crossed}
+  out = {n: values[n].astype(jnp.float32) for n in SIGNALS if n in spec.wanted}
+  return signals, {**out, "lam": check.lam}
+
+
+def as_component(suite: Suite, every: int, probe_size: int) -> Component:
   """The suite as a run component: recorded after every `every` steps of a
   task, on the task's probe batch (its first `probe_size` active training
-  examples). multiplier_of(opt_state): the per-layer learning-rate
-  multipliers of a scheduler in the optimizer state (None: 1), for the
-  effective step."""
+  examples). The effective step reads the per-layer learning-rate
+  multipliers that the run's components apply (`Step.multiplier`; a
+  scheduler's), 1 where there are none."""
   def record(step, state, hp):
     del hp
     idx = jnp.argsort(1.0 - step.task.weight, stable=True)[:probe_size]
-    multiplier = None if multiplier_of is None else multiplier_of(step.opt_state)
     return suite.compute(state, step.params, step.model_state, step.task.examples(idx),
                          updates=step.updates, opt_state=step.opt_state, count=step.count,
-                         multiplier=multiplier)
+                         multiplier=step.multiplier)
 
   return Component("indicators",
                    init=lambda params, model_state, key: suite.init(params,

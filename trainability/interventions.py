@@ -38,13 +38,13 @@ formula exactly.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from trainability import models, optim
+from trainability import models, optim, units
 from trainability.components import Component, select
 from trainability.settings import ConfigError, Integer, Number, Setting
 
@@ -79,48 +79,11 @@ class UnitState(NamedTuple):
   pending: dict  # () replacements accumulated and not yet made (fractional)
 
 
-def _next_layer(model: models.Model, name: str) -> str:
-  chain = model.hidden + ("output",)
-  return chain[chain.index(name) + 1]
-
-
-def _kernel_path(params, name):
-  """Path of a layer's dense or conv kernel: (name, 'dense'|'conv', 'kernel') or (name, 'kernel')."""
-  block = params[name]
-  for inner in ("conv", "dense"):
-    if inner in block:
-      return (name, inner, "kernel")
-  return (name, "kernel")
-
-
-def _get(tree, path):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
-def _set(tree, path, value):
-  """A copy of nested dicts `tree` with `value` at `path`."""
-  if not path:
-    return value
-  out = dict(tree)
-  out[path[0]] = _set(tree[path[0]], path[1:], value)
-  return out
-
-
-def units_of(model: models.Model, params) -> dict[str, int]:
-  """{hidden layer: number of units}."""
-  if not model.hidden:
-    raise ValueError("model: unit resets need a model with hidden layers "
-                     "(models.make_model with depth >= 1 or a cnn)")
-  return {name: _get(params, _kernel_path(params, name)).shape[-1] for name in model.hidden}
-
-
 def init_unit_state(model: models.Model, params) -> UnitState:
-  units = units_of(model, params)
-  return UnitState({n: jnp.zeros((u,), jnp.float32) for n, u in units.items()},
-                   {n: jnp.zeros((u,), jnp.int32) for n, u in units.items()},
-                   {n: jnp.float32(0.0) for n in units})
+  widths = units.units_of(model, params)
+  return UnitState({n: jnp.zeros((u,), jnp.float32) for n, u in widths.items()},
+                   {n: jnp.zeros((u,), jnp.int32) for n, u in widths.items()},
+                   {n: jnp.float32(0.0) for n in widths})
 
 
 def unit_activity(features: dict, copies: int) -> dict[str, jax.Array]:
@@ -128,23 +91,18 @@ def unit_activity(features: dict, copies: int) -> dict[str, jax.Array]:
   out = {}
   for name, f in features.items():
     post = jnp.abs(f.post)
-    units = post.shape[-1] // copies
-    post = post.reshape(-1, copies, units)
+    width = post.shape[-1] // copies
+    post = post.reshape(-1, copies, width)
     out[name] = post.sum(axis=1).mean(axis=0)
   return out
-
-
-def _outgoing_rows(kernel, copies: int, units: int):
-  """The next layer's kernel as (groups, copies, units, fan_out): rows fed by each unit."""
-  return kernel.reshape(-1, copies, units, kernel.shape[-1])
 
 
 def outgoing_mass(model: models.Model, params) -> dict[str, jax.Array]:
   """{layer: (units,)} sum of |w| over every next-layer weight each unit feeds."""
   out = {}
-  for name, units in units_of(model, params).items():
-    kernel = _get(params, _kernel_path(params, _next_layer(model, name)))
-    out[name] = jnp.abs(_outgoing_rows(kernel, model.copies, units)).sum(axis=(0, 1, 3))
+  for name, width in units.units_of(model, params).items():
+    kernel = units.get_path(params, units.kernel_path(params, units.next_layer(model, name)))
+    out[name] = jnp.abs(units.outgoing_rows(kernel, model.copies, width)).sum(axis=(0, 1, 3))
   return out
 
 
@@ -179,49 +137,6 @@ def dormant_units(activity: dict, tau) -> dict[str, jax.Array]:
   return {name: a / jnp.maximum(jnp.mean(a), 1e-30) <= tau for name, a in activity.items()}
 
 
-class UnitMasks(NamedTuple):
-  """Param-shaped boolean trees of what a unit reset touches."""
-
-  incoming: Any  # the replaced units' own parameters (kernel columns, biases, norm)
-  outgoing: Any  # the next layers' kernel rows fed by the replaced units
-
-  @property
-  def touched(self):
-    return jax.tree.map(jnp.logical_or, self.incoming, self.outgoing)
-
-
-def unit_masks(model: models.Model, params, replace: dict) -> UnitMasks:
-  """Where a reset of the units in `replace` ({layer: (units,) bool}) acts."""
-  incoming = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), params)
-  outgoing = incoming
-  for name, mask in replace.items():
-    incoming = _set(incoming, (name,),
-                    jax.tree.map(lambda p, m=mask: jnp.broadcast_to(m, p.shape), params[name]))
-    path = _kernel_path(params, _next_layer(model, name))
-    kernel = _get(params, path)
-    rows = jnp.broadcast_to(mask[None, None, :, None],
-                            _outgoing_rows(kernel, model.copies, mask.shape[0]).shape)
-    outgoing = _set(outgoing, path, _get(outgoing, path) | rows.reshape(kernel.shape))
-  return UnitMasks(incoming, outgoing)
-
-
-def real_elements(model: models.Model, params, model_state):
-  """The network's own parameters under unit masks, or None for a model without them.
-
-  A params-shaped float32 tree: 0 for every parameter of a padding unit (its
-  mask in `model_state[models.ACTIVE_UNITS]` is 0: its incoming weights and
-  bias, and the next layer's kernel rows it feeds), 1 elsewhere. The
-  elements a narrower network embedded in this one has (`trainability.sweep`),
-  for means over them (`estimators.masked_mean`).
-  """
-  active = model_state.get(models.ACTIVE_UNITS) if model_state else None
-  if not active:
-    return None
-  padding = {name: active[name]["units"] == 0 for name in active}
-  return jax.tree.map(lambda t: 1.0 - t.astype(jnp.float32),
-                      unit_masks(model, params, padding).touched)
-
-
 def reset_units(model: models.Model, params, model_state, fresh_params, fresh_model_state,
                 replace: dict):
   """(params, model_state, masks): the units in `replace` re-initialized, outgoing weights 0.
@@ -229,7 +144,7 @@ def reset_units(model: models.Model, params, model_state, fresh_params, fresh_mo
   fresh_params, fresh_model_state: a new initialization (`model.init(key)`),
   from which the replaced units' incoming parameters and statistics are taken.
   """
-  masks = unit_masks(model, params, replace)
+  masks = units.unit_masks(model, params, replace)
   params = jax.tree.map(lambda p, f, i, o: jnp.where(o, 0.0, jnp.where(i, f, p)),
                         params, fresh_params, masks.incoming, masks.outgoing)
   new_state = {}
@@ -264,12 +179,18 @@ def reset_base_optimizer_state(optimizer: str, opt_state, params, touched):
 
   The base optimizer is the injected one (`optim.make_optimizer`, with one
   step count per element); a wrapper's state around it (the scheduler's
-  multipliers, its curvature directions) is kept whole.
+  multipliers, its curvature directions) is kept whole, except where it has
+  a `restart_elements(touched)` method (TRAC's displacement), which is called.
   """
   def reset(state):
     fresh = optim.make_optimizer(optimizer, state.hyperparams, element_counts=True)
     return reset_optimizer_state(state, fresh.init(params), touched)
 
+  # A wrapper whose state follows the weights element by element (TRAC's
+  # displacement) restarts them itself.
+  follows = lambda n: hasattr(n, "restart_elements")
+  opt_state = jax.tree.map(lambda n: n.restart_elements(touched) if follows(n) else n,
+                           opt_state, is_leaf=follows)
   return optim.map_base_state(opt_state, reset)
 
 
@@ -365,12 +286,12 @@ def unit_reset_component(kind: str, model: models.Model, optimizer: str, *,
     if kind == "cbp":
       return continual_backprop(state, activity(), outgoing_mass(model, step.params),
                                 hp["replacement_rate"], hp["maturity"], hp["utility_decay"])
-    units = units_of(model, step.previous_params)
+    widths = units.units_of(model, step.previous_params)
     # measured on schedule only, under a cond on the unbatched step counter
     replace = jax.lax.cond(
         (step.task_step + 1) % redo_every == 0,
         lambda: dormant_units(activity(), hp["redo_tau"]),
-        lambda: {n: jnp.zeros((u,), bool) for n, u in units.items()})
+        lambda: {n: jnp.zeros((u,), bool) for n, u in widths.items()})
     return state, replace
 
   def after_update(step, state, hp):

@@ -100,12 +100,14 @@ from trainability.signals import (  # noqa: F401
     generic_effective_step, global_adam_normaliser, init_signals, layer_step, normaliser_of,
     observe, reference_term, window_statistics)
 
-SCHEDULERS = ("none", "noise_curvature")
+SCHEDULERS = ("none", "noise_curvature", "trac")
 WARM_WINDOWS = ("task", "run")
 # The rule's settings (the signals' are signals.SETTINGS).
 SETTINGS = (
-    Setting("scheduler", "none", "per-layer step-size scheduler wrapped around the optimizer",
-            str, SCHEDULERS),
+    Setting("scheduler", "none", "step-size scheduler wrapped around the optimizer: "
+            "noise_curvature (per layer, this library's method) or trac (TRAC, Muppidi et al. "
+            "2024: a parameter-free scale of the displacement from the initialization; "
+            "trainability/trac.py)", str, SCHEDULERS),
     Setting("check_every", 40, "noise_curvature: K, steps of a task between checks", int,
             check=Integer(1)),
     Setting("safety", 0.8, "noise_curvature: gamma; cool when step > gamma * threshold", float,
@@ -179,57 +181,28 @@ def noise_curvature_scheduler(
 
   Args:
     inner: the optimizer whose updates are scaled (adam, sgd, any optax chain).
-    threshold: "reference" (default), "paper" or "stability" (module
-      docstring and docs/thresholds.md). No mode meets both of the goals set
-      for the defaults (beat every fixed Adam rate on the main benchmark,
-      cost nothing where plain training stays trainable); "reference" costs
-      least where training works (experiments/README.md, scheduler_modes).
+    threshold, beta, delta, reference_param, kappa, window, variance, curvature,
+      curvature_steps, curvature_tol, effective_step: how the signals are
+      measured and combined, documented on `signals.SignalSettings` (the
+      threshold's modes in the module docstring and docs/thresholds.md).
+      No mode meets both of the goals set for the defaults (beat every fixed
+      Adam rate on the main benchmark, cost nothing where plain training
+      stays trainable); "reference" costs least where training works
+      (experiments/README.md, scheduler_modes).
     check_every: K, steps between checks (paper 40, reference code 400).
-    window: W, observations of the curvature signal in the window (paper 30).
     safety: gamma; a layer cools when alpha > gamma * alpha_tilde (paper 0.8).
     cool, warm: multiplicative factors (paper 0.99, 1.01).
-    beta: threshold "paper" only (default 1): weight of the volatility term
-      (paper [0, 1]). With Adam, beta of order 1 leaves alpha_tilde near
-      alpha_g ~ 1, far above Adam's effective step, so the rule only warms.
-    delta: threshold "stability" only (default 0.1): the Cantelli tail
-      probability; the margin is sqrt((1 - delta) / delta) window standard
-      deviations above the window mean.
-    reference_param: threshold "reference" only (default "sqm10"): the
-      reference code's `--param` (REFERENCE_PARAMS).
-    kappa: alpha_vol = 1 / (kappa * Vol) (recorded in every mode).
     warm_fraction: warming is allowed in the first warm_fraction of a task
       (paper 0.3; reference code 0.1), when alpha < 0.3 * gamma * alpha_tilde.
-    warm_window: "task" (default, paper Algorithm 1): warming is allowed
-      while task_step < warm_fraction * steps_per_task, early in every task;
-      "run" (the reference code): while the updates of the whole run before
-      this one are fewer than warm_fraction * steps_per_task, so only early in
-      the first task (the reference compares its global update counter with
-      0.1 x one task's length).
-    max_multiplier: a ceiling on each layer's multiplier (default inf: none).
-      Algorithm 1 has none, and with 1.01 per warm check a layer can warm
-      without bound (the paper100 CReLU run reached 1e8x); a warm step that
-      would pass the ceiling stops at it.
+    warm_window: "task" (default, Algorithm 1): warm while task_step <
+      warm_fraction * steps_per_task, early in every task; "run" (reference
+      code): while the run's updates before this one are fewer, so only early
+      in the first task.
+    max_multiplier: a ceiling on each layer's multiplier (default inf: none;
+      Algorithm 1 has none, and the paper100 CReLU run warmed to 1e8x).
     steps_per_task: T_task, for the warm window (None: never warm).
     floor: cool only layers with alpha > floor. 0 (default) is off; 0.12 is
       Algorithm 1 as published (and the reference code's floor).
-    curvature: "lanczos" (default: warm-started Lanczos, stopping when the
-      residual bound is below curvature_tol of the value) or "power"
-      (warm-started power iteration of exactly curvature_steps HVPs, the
-      largest-magnitude eigenvalue; the reference code runs 100 from a fresh
-      start).
-    curvature_steps: HVPs per layer and check (lanczos: at most; default 8).
-    curvature_tol: lanczos: relative residual at which it stops (default
-      0.01; 0 always runs curvature_steps).
-    variance: "windowed" (paper: variance of the window), "instantaneous"
-      (reference code: (x - mu)^2 of the newest value), "auto" (instantaneous
-      with threshold "reference", else windowed).
-    effective_step: how a layer's step is measured, weights only:
-      "adam" (reference: eta / ((1 - b1^t) (sqrt(mean v / (1 - b2^t)) + eps))
-      per kernel, averaged over the layer's kernels); "adam_elementwise"
-      (paper: the mean of the elementwise multiplier); "sgd"
-      (eta (1 - m^t) / (1 - m)); "generic" (-<u, g> / ||g||^2, the step along
-      the gradient that the final update u makes, for any optimizer); "auto":
-      adam if the inner state holds Adam moments, else generic.
     learning_rate, momentum: the inner optimizer's base learning rate (and sgd
       momentum) for the adam/sgd effective steps; read from an
       `optax.inject_hyperparams` state when there is one, which takes
@@ -245,23 +218,11 @@ def noise_curvature_scheduler(
   if warm_window not in WARM_WINDOWS:
     raise ValueError(f"warm_window: {warm_window!r} is not accepted; choose one of "
                      f"{', '.join(WARM_WINDOWS)}")
+  rule = _Rule(settings, safety, cool, warm, warm_fraction, warm_window, max_multiplier,
+               steps_per_task, floor, learning_rate, momentum)
 
   def init(params) -> NoiseCurvatureState:
-    layers = estimators.layers_of(params, group_fn)
-    g = layers.count
-    zeros = jnp.zeros((g,), jnp.float32)
-    key = jax.random.key(seed)
-    last = Check(jnp.zeros((), jnp.int32), *([zeros] * 11), *([jnp.zeros((g,), bool)] * 3))
-    return NoiseCurvatureState(
-        inner=inner.init(params),
-        count=jnp.zeros((), jnp.int32),
-        multiplier=jnp.ones((g,), jnp.float32),
-        eigenvectors=estimators.random_unit_vectors(key, params, layers),
-        window=jnp.zeros((window, g), jnp.float32),
-        checks=jnp.zeros((), jnp.int32),
-        key=key,
-        last=last,
-    )
+    return _init_state(inner, params, group_fn, window, seed)
 
   def update(updates, state, params=None, *, example_loss=None, batch=None,
              task_step=None, step=None, gradient_noise=None, element_mask=None, **extra):
@@ -281,37 +242,73 @@ def noise_curvature_scheduler(
     due = (at % check_every) == 0
 
     def run_check(state):
-      return _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
-                    gradient_noise, element_mask)
+      return _check(rule, state, layers, grads, scaled, params, example_loss, batch, task_step,
+                    at, gradient_noise, element_mask)
 
     state = jax.lax.cond(due, run_check, lambda s: s, state)
     return scaled, state
 
-  def _check(state, layers, grads, scaled, params, example_loss, batch, task_step, at,
-             gradient_noise, element_mask):
-    key, measure_key = jax.random.split(state.key)
-    step, agg = layer_step(settings.effective_step, layers, state.inner, state.count,
-                           state.multiplier, grads, scaled, learning_rate, momentum,
-                           normaliser=normaliser_of(settings), mask=element_mask)
-    signals, m = observe(
-        Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
-        example_loss, batch, step, agg, measure_key, settings, gradient_noise=gradient_noise,
-        mask=element_mask)
-    # Updates before this one, of the task or of the run (state.count includes this one).
-    before = task_step if warm_window == "task" else state.count - 1
-    in_warm_window = (
-        jnp.bool_(False) if before is None or steps_per_task is None
-        else jnp.asarray(before) < warm_fraction * steps_per_task)
-    decision = decide(step, m.alpha_tilde, safety, floor, in_warm_window,
-                      ready=signals.checks >= 2)
-    factor = jnp.where(decision.cool, cool, jnp.where(decision.warm, warm, 1.0))
-    multiplier = jnp.minimum(state.multiplier * factor, max_multiplier)
-    last = m._replace(step=jnp.asarray(at, jnp.int32), alpha=step * factor,
-                      multiplier=multiplier, cooled=decision.cool, warmed=decision.warm)
-    return state._replace(multiplier=multiplier, eigenvectors=signals.eigenvectors,
-                          window=signals.window, checks=signals.checks, key=key, last=last)
-
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+class _Rule(NamedTuple):
+  """The scheduler's static settings, as `_check` reads them."""
+
+  settings: SignalSettings
+  safety: float
+  cool: float
+  warm: float
+  warm_fraction: float
+  warm_window: str
+  max_multiplier: float
+  steps_per_task: int | None
+  floor: float
+  learning_rate: float | None
+  momentum: float | None
+
+
+def _init_state(inner, params, group_fn, window: int, seed: int) -> NoiseCurvatureState:
+  layers = estimators.layers_of(params, group_fn)
+  g = layers.count
+  zeros = jnp.zeros((g,), jnp.float32)
+  key = jax.random.key(seed)
+  last = Check(jnp.zeros((), jnp.int32), *([zeros] * 11), *([jnp.zeros((g,), bool)] * 3))
+  return NoiseCurvatureState(
+      inner=inner.init(params),
+      count=jnp.zeros((), jnp.int32),
+      multiplier=jnp.ones((g,), jnp.float32),
+      eigenvectors=estimators.random_unit_vectors(key, params, layers),
+      window=jnp.zeros((window, g), jnp.float32),
+      checks=jnp.zeros((), jnp.int32),
+      key=key,
+      last=last,
+  )
+
+
+def _check(rule: _Rule, state, layers, grads, scaled, params, example_loss, batch, task_step,
+           at, gradient_noise, element_mask) -> NoiseCurvatureState:
+  """One check: measure each layer's signals, then cool, warm or keep its multiplier."""
+  key, measure_key = jax.random.split(state.key)
+  step, agg = layer_step(rule.settings.effective_step, layers, state.inner, state.count,
+                         state.multiplier, grads, scaled, rule.learning_rate, rule.momentum,
+                         normaliser=normaliser_of(rule.settings), mask=element_mask)
+  signals, m = observe(
+      Signals(state.window, state.eigenvectors, state.checks), layers, params, grads,
+      example_loss, batch, step, agg, measure_key, rule.settings, gradient_noise=gradient_noise,
+      mask=element_mask)
+  # Updates before this one, of the task or of the run (state.count includes this one).
+  before = task_step if rule.warm_window == "task" else state.count - 1
+  in_warm_window = (
+      jnp.bool_(False) if before is None or rule.steps_per_task is None
+      else jnp.asarray(before) < rule.warm_fraction * rule.steps_per_task)
+  decision = decide(step, m.alpha_tilde, rule.safety, rule.floor, in_warm_window,
+                    ready=signals.checks >= 2)
+  factor = jnp.where(decision.cool, rule.cool, jnp.where(decision.warm, rule.warm, 1.0))
+  multiplier = jnp.minimum(state.multiplier * factor, rule.max_multiplier)
+  last = m._replace(step=jnp.asarray(at, jnp.int32), alpha=step * factor,
+                    multiplier=multiplier, cooled=decision.cool, warmed=decision.warm)
+  return state._replace(multiplier=multiplier, eigenvectors=signals.eigenvectors,
+                        window=signals.window, checks=signals.checks, key=key, last=last)
 
 
 def state_of(opt_state) -> NoiseCurvatureState | None:
@@ -325,13 +322,38 @@ def multiplier_of(opt_state):
   return None if state is None else state.multiplier
 
 
-def as_component(check_every: int = RULE["check_every"], **settings) -> Component:
+def as_component(check_every: int = RULE["check_every"], *, example_loss=None,
+                 dense_inputs=None, element_mask=None, **settings) -> Component:
   """The scheduler as a run component: it wraps the run's optimizer
-  (`noise_curvature_scheduler(tx, check_every=check_every, **settings)`) and
-  records its last check (a `Check`) after each check step of a task."""
+  (`noise_curvature_scheduler(tx, check_every=check_every, **settings)`),
+  supplies the extra arguments of its `update` (`update_args`), and records
+  its last check (a `Check`) after each check step of a task.
+
+  example_loss(params, model_state, example): one example's loss (eval mode).
+  dense_inputs(params, model_state, x): the model's dense-layer inputs, for
+  the cheaper dense noise statistics (None: per-example gradients).
+  element_mask(params, model_state): the network's own elements, or None
+  (`units.real_elements`, for a narrower net embedded in a wider one).
+  The noise is the data loss's, centred on its gradient (`Pending.grads`),
+  not the penalised gradient the optimizer sees.
+  """
+  if example_loss is None:
+    raise ValueError("example_loss: the scheduler component needs the run's per-example loss")
   wrap = lambda tx: noise_curvature_scheduler(tx, check_every=check_every, **settings)
+
+  def update_args(pending, state, hp):
+    del state, hp
+    loss_i = lambda p, example: example_loss(p, pending.model_state, example)
+    noise = estimators.data_noise_fn(loss_i, pending.batch, dense_inputs, pending.model_state,
+                                     pending.grads)
+    args = dict(example_loss=loss_i, batch=pending.batch, task_step=pending.task_step,
+                step=pending.task_step, gradient_noise=noise)
+    mask = None if element_mask is None else element_mask(pending.params, pending.model_state)
+    return args if mask is None else {**args, "element_mask": mask}
+
   record = lambda step, state, hp: (state_of(step.opt_state).last, state)
-  return Component("scheduler", wrap_optimizer=wrap, record=record, every=check_every)
+  return Component("scheduler", wrap_optimizer=wrap, record=record, every=check_every,
+                   update_args=update_args, multiplier=multiplier_of)
 
 
 def _scale(layers, updates, multiplier):

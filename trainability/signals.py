@@ -80,6 +80,38 @@ class SignalSettings(NamedTuple):
   from here. Mode-specific settings are None until set: beta acts with
   threshold "paper", delta with "stability", reference_param with "reference";
   `resolved()` fills in their defaults (MODE_DEFAULTS).
+
+  Attributes:
+    threshold: "reference" (default), "paper" or "stability" (the
+      scheduler's module docstring and docs/thresholds.md).
+    window: W, observations of the curvature signal in the window (paper 30).
+    beta: threshold "paper" only (default 1): weight of the volatility term
+      (paper [0, 1]). With Adam, beta of order 1 leaves alpha_tilde near
+      alpha_g ~ 1, far above Adam's effective step, so the rule only warms.
+    delta: threshold "stability" only (default 0.1): the Cantelli tail
+      probability; the margin is sqrt((1 - delta) / delta) window standard
+      deviations above the window mean.
+    reference_param: threshold "reference" only (default "sqm10"): the
+      reference code's `--param` (REFERENCE_PARAMS).
+    kappa: alpha_vol = 1 / (kappa * Vol) (recorded in every mode).
+    curvature: "lanczos" (default: warm-started Lanczos, stopping when the
+      residual bound is below curvature_tol of the value) or "power"
+      (warm-started power iteration of exactly curvature_steps HVPs, the
+      largest-magnitude eigenvalue; the reference code runs 100 from a fresh
+      start).
+    curvature_steps: HVPs per layer and check (lanczos: at most; default 8).
+    curvature_tol: lanczos: relative residual at which it stops (default
+      0.01; 0 always runs curvature_steps).
+    variance: "windowed" (paper: variance of the window), "instantaneous"
+      (reference code: (x - mu)^2 of the newest value), "auto" (instantaneous
+      with threshold "reference", else windowed).
+    effective_step: how a layer's step is measured, weights only:
+      "adam" (reference: eta / ((1 - b1^t) (sqrt(mean v / (1 - b2^t)) + eps))
+      per kernel, averaged over the layer's kernels); "adam_elementwise"
+      (paper: the mean of the elementwise multiplier); "sgd"
+      (eta (1 - m^t) / (1 - m)); "generic" (-<u, g> / ||g||^2, the step along
+      the gradient that the final update u makes, for any optimizer); "auto":
+      adam if the inner state holds Adam moments, else generic.
   """
 
   threshold: str = _DEFAULT["threshold"]

@@ -182,7 +182,7 @@ def not_embeddable(config) -> str | None:
   norm layer (it averages over all units), nothing that draws a fresh
   initialization (resets, shrink and perturb, unit resets) and no penalty on
   the distribution of the weights. The scheduler and the indicators take
-  their means over the network's own elements (`interventions.real_elements`).
+  their means over the network's own elements (`units.real_elements`).
   """
   reasons = [
       (config.norm != "none", f"norm {config.norm!r}"),
@@ -293,7 +293,7 @@ def _columns(grid: Grid, programs: Sequence[Program]) -> list[str]:
     config = program.config
     if config.heldout:
       measured.add("heldout_accuracy")
-    if config.scheduler != "none" or "crossed" in indicators.indicator_names(config.indicators):
+    if config.scheduler == "noise_curvature" or "crossed" in indicators.indicator_names(config.indicators):
       measured.add("rho_hat")
   return (["point"] + [name for name, _ in grid.axes] + ["seed", "task"]
           + [m for m in METRICS if m in measured])
