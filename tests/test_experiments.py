@@ -198,7 +198,12 @@ def test_scheduler_modes_bad_arm_is_a_one_line_error(monkeypatch):
 def test_scheduler_modes_paper100_is_the_paper_suite_at_100_epochs(monkeypatch):
   script = _load("scheduler_modes", monkeypatch)
   _, _, arms, _ = script.SUITES["paper100"]
-  assert [a[0] for a in arms] == ["crelu", "crelu+reference", "l2", "l2+reference"]
+  assert [a[0] for a in arms] == ["crelu", "crelu+reference", "l2", "l2+reference",
+                                  "crelu+reference_rerun", "crelu+reference_max10"]
+  by_name = {a[0]: a for a in arms}
+  assert by_name["crelu+reference_rerun"][1:] == by_name["crelu+reference"][1:]
+  assert by_name["crelu+reference_max10"][2] == script.MODES["reference"] + [
+      "--max-multiplier", "10"]
   paper = script.arm_flags("paper", "crelu+reference", "crelu", script.MODES["reference"],
                            None, None)
   long = script.arm_flags("paper100", "crelu+reference", "crelu", script.MODES["reference"],
